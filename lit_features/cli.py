@@ -1,0 +1,51 @@
+"""The LightningCLI of lit_features: fit/validate/test/predict from YAML, with the feature writer on predict."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from lit_features.store.writer import FeatureWriter
+
+
+class FeatureTrainer(Trainer):
+    """A Trainer whose ``predict`` keeps no outputs in memory by default (the writer persists them)."""
+
+    def predict(
+        self,
+        model: LightningModule | None = None,
+        dataloaders: Any = None,
+        datamodule: LightningDataModule | None = None,
+        return_predictions: bool | None = False,
+        ckpt_path: str | None = None,
+        weights_only: bool | None = None,
+    ) -> Any:
+        """Run inference over the datamodule and write every sample through the feature writer."""
+        return super().predict(model, dataloaders, datamodule, return_predictions, ckpt_path, weights_only=weights_only)
+
+
+class LitFeaturesCLI(LightningCLI):
+    """Adds ``--writer.*`` (a :class:`FeatureWriter`) to the predict subcommand only."""
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "predict":
+            parser.add_lightning_class_args(FeatureWriter, "writer")
+        return parser
+
+
+def run_cli(args: list[str] | None = None) -> LitFeaturesCLI:
+    import lit_features.extractors  # noqa: F401  (registers every extractor for short class names)
+
+    return LitFeaturesCLI(
+        LightningModule,
+        LightningDataModule,
+        trainer_class=FeatureTrainer,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_callback=None,
+        auto_configure_optimizers=False,
+        args=args,
+    )

@@ -1,0 +1,1 @@
+"""Plain commands (no model loading): verify, filter, inspect, list."""

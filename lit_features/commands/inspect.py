@@ -1,0 +1,80 @@
+"""``lit_features inspect``: summarise a feature store (counts, tensor shapes/dtypes, bytes, failures)."""
+
+from __future__ import annotations
+
+import json as jsonlib
+from collections import Counter, defaultdict
+from typing import Any
+
+from lit_features.store.reader import FeatureStore
+
+
+def summarise_store(store: FeatureStore) -> dict[str, Any]:
+    """Machine-readable summary: ``written``, ``failed``, ``fingerprint`` and per-tensor shapes/dtypes."""
+    shapes: dict[str, Counter] = defaultdict(Counter)
+    dtypes: dict[str, Counter] = defaultdict(Counter)
+    total_bytes = 0
+    for key in store:
+        row = store.row(key)
+        total_bytes += int(row.get("bytes", 0))
+        for name, shape in row.get("shapes", {}).items():
+            shapes[name][jsonlib.dumps(shape)] += 1
+        for name, dtype in row.get("dtypes", {}).items():
+            dtypes[name][dtype] += 1
+    failures = store.failures()
+    by_error: dict[str, dict[str, Any]] = {}
+    for row in failures:
+        group = by_error.setdefault(f"{row['stage']}/{row['error']}", {"count": 0, "keys": []})
+        group["count"] += 1
+        if len(group["keys"]) < 5:
+            group["keys"].append(row["key"])
+    return {
+        "path": str(store.root),
+        "extractor": store.info.get("extractor"),
+        "fingerprint": store.fingerprint,
+        "stand_in_weights": bool(store.info.get("tiny_random_stand_in")),
+        "created": store.info.get("created"),
+        "codec": store.codec,
+        "written": len(store),
+        "failed": len(failures),
+        "bytes": total_bytes,
+        "tensors": {
+            name: {"shapes": dict(shapes[name].most_common(5)), "dtypes": dict(dtypes[name])} for name in sorted(shapes)
+        },
+        "failures_by_error": by_error,
+    }
+
+
+def inspect_store(path: str, json: bool = False, sample: str | None = None) -> int:
+    """Summarise the feature store at ``path``.
+
+    Args:
+        path: the store's output directory.
+        json: print one JSON object instead of the human summary.
+        sample: print the tensors of this one key instead.
+    """
+    store = FeatureStore(path)
+    if sample is not None:
+        if sample not in store:
+            print(f"{path}: no sample with key {sample!r}")
+            return 1
+        for name, tensor in store[sample].items():
+            t = tensor.float()
+            print(f"{name}: shape {list(tensor.shape)} {tensor.dtype} mean {t.mean():.4g} std {t.std():.4g}")
+        print(jsonlib.dumps(store.meta(sample), default=str))
+        return 0
+    summary = summarise_store(store)
+    if json:
+        print(jsonlib.dumps(summary))
+        return 0
+    print(f"store       {summary['path']}")
+    print(f"extractor   {summary['extractor']}  fingerprint {summary['fingerprint']}")
+    if summary["stand_in_weights"]:
+        print("WARNING     made with tiny random stand-in weights")
+    print(f"written     {summary['written']} samples, {summary['bytes'] / 1e6:.2f} MB ({summary['codec']})")
+    for name, info in summary["tensors"].items():
+        print(f"  {name:20s} shapes {info['shapes']} dtypes {info['dtypes']}")
+    print(f"failed      {summary['failed']}")
+    for group, info in summary["failures_by_error"].items():
+        print(f"  {group:36s} {info['count']:6d}  e.g. {', '.join(info['keys'])}")
+    return 0

@@ -1,0 +1,1 @@
+"""Data side: manifests, media decoding, frame sampling, transforms and the DataModule (never imports a model)."""

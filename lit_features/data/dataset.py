@@ -1,0 +1,121 @@
+"""Map-style dataset applying an extractor's preprocessor to manifest samples; failures travel as records."""
+
+from __future__ import annotations
+
+import json
+import os
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from lit_features.data.decode_sandbox import DecodeSandbox
+from lit_features.data.manifest import Sample
+from lit_features.data.preprocess import MediaLoader, Preprocessor, SampleFailure
+from lit_features.records import Failure
+
+
+@dataclass
+class Prepared:
+    """What a preprocessor may return when it has metadata to record beside the inputs."""
+
+    inputs: Any
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Batch:
+    """A collated batch: the good samples' keys/sources/meta and inputs, plus failed samples' records."""
+
+    keys: list[str]
+    sources: list[str | None]
+    metas: list[dict[str, Any]]
+    inputs: Any
+    failures: list[Failure]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+class AttemptLog:
+    """Append-only log of samples started and finished in this process, for poison-sample detection."""
+
+    def __init__(self, path: str | None):
+        self.path = path
+        self._fh = None
+        self._pid = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "_fh": None, "_pid": None}
+
+    def mark(self, key: str, event: str) -> None:
+        if self.path is None:
+            return
+        if self._pid != os.getpid():
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            self._fh, self._pid = open(self.path, "a", encoding="utf-8"), os.getpid()
+        # One short line per write with O_APPEND: lines from several worker processes never interleave.
+        self._fh.write(json.dumps({"key": key, "event": event}) + "\n")
+        self._fh.flush()
+
+
+class SampleDataset(Dataset):
+    """Applies ``preprocessor`` to each sample in a DataLoader worker; never raises for a bad sample."""
+
+    def __init__(
+        self,
+        samples: list[Sample],
+        preprocessor: Preprocessor,
+        sandbox: DecodeSandbox,
+        video_backend: str = "auto",
+        attempt_log: str | None = None,
+    ):
+        self.samples = samples
+        self.preprocessor = preprocessor
+        self.media = MediaLoader(sandbox, video_backend)
+        self.attempts = AttemptLog(attempt_log)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.samples[index]
+        self.attempts.mark(sample.key, "start")
+        try:
+            out = self.preprocessor(sample, self.media)
+            prepared = out if isinstance(out, Prepared) else Prepared(out)
+            item = {"ok": True, "sample": sample, "inputs": prepared.inputs, "meta": prepared.meta}
+        except SampleFailure as err:
+            item = {
+                "ok": False,
+                "failure": Failure(sample.key, sample.source, err.stage, err.error, err.message),
+            }
+        except Exception as err:  # a transform bug or bad content must cost this sample only
+            message = f"{err} ({traceback.extract_tb(err.__traceback__)[-1].name})"
+            item = {
+                "ok": False,
+                "failure": Failure(sample.key, sample.source, "transform", type(err).__name__, message),
+            }
+        self.attempts.mark(sample.key, "end")
+        return item
+
+
+class BatchCollator:
+    """Splits worker items into good samples (collated by the preprocessor) and failure records."""
+
+    def __init__(self, preprocessor: Preprocessor):
+        self.preprocessor = preprocessor
+
+    def __call__(self, items: list[dict[str, Any]]) -> Batch:
+        good = [i for i in items if i["ok"]]
+        failures = [i["failure"] for i in items if not i["ok"]]
+        inputs = self.preprocessor.collate([i["inputs"] for i in good]) if good else None
+        metas = [{"entry": i["sample"].entry, **i["meta"]} for i in good]
+        return Batch(
+            keys=[i["sample"].key for i in good],
+            sources=[i["sample"].source for i in good],
+            metas=metas,
+            inputs=inputs,
+            failures=failures,
+        )

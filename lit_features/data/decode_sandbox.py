@@ -1,0 +1,165 @@
+"""A persistent decoder child process per DataLoader worker, so hangs and crashes cost one sample, not the run.
+
+Python cannot interrupt a C call that never returns, and a segfault inside a DataLoader worker ends the whole
+DataLoader. Each worker therefore keeps one child process (``python -m lit_features.data.decode_worker``)
+that runs the functions of :mod:`lit_features.data.media`. The worker waits for the answer with a deadline;
+on timeout or child death it kills the child, starts a fresh one on the next call, and raises
+:class:`DecodeTimeout` / :class:`DecoderCrashed` for that sample only. DataLoader workers are daemonic and may
+not start ``multiprocessing`` children, hence a plain subprocess. Arrays travel out-of-band (pickle protocol 5)
+so the frames are copied once.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+_HEADER = struct.Struct("<QI")  # payload length, number of out-of-band buffers
+_LENGTH = struct.Struct("<Q")
+
+
+class DecodeTimeout(TimeoutError):
+    """The decoder did not answer within the configured timeout; it was killed and will be restarted."""
+
+
+class DecoderCrashed(RuntimeError):
+    """The decoder process died while handling the sample (e.g. a segfault in a native library)."""
+
+
+class RemoteError(RuntimeError):
+    """An exception raised inside the decoder child, re-raised in the worker with its type name."""
+
+    def __init__(self, type_name: str, message: str):
+        super().__init__(message)
+        self.type_name = type_name
+
+
+def write_message(stream: Any, obj: Any) -> None:
+    """Write ``obj`` as header + pickle + raw buffers (used by both sides)."""
+    buffers: list[pickle.PickleBuffer] = []
+    payload = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+    raws = [b.raw() for b in buffers]
+    stream.write(_HEADER.pack(len(payload), len(raws)))
+    stream.write(payload)
+    for raw in raws:
+        stream.write(_LENGTH.pack(raw.nbytes))
+        stream.write(raw)
+    stream.flush()
+
+
+def _read_exact(fd: int, size: int, deadline: float | None) -> bytearray:
+    out = bytearray(size)
+    view = memoryview(out)
+    got = 0
+    while got < size:
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DecodeTimeout("decoder timed out")
+            ready, _, _ = select.select([fd], [], [], remaining)
+            if not ready:
+                raise DecodeTimeout("decoder timed out")
+        n = os.readv(fd, [view[got:]])
+        if n == 0:
+            raise EOFError("decoder pipe closed")
+        got += n
+    return out
+
+
+def read_message(fd: int, deadline: float | None = None) -> Any:
+    """Read one message written by :func:`write_message` from a raw file descriptor."""
+    length, count = _HEADER.unpack(_read_exact(fd, _HEADER.size, deadline))
+    payload = _read_exact(fd, length, deadline)
+    buffers = []
+    for _ in range(count):
+        (size,) = _LENGTH.unpack(_read_exact(fd, _LENGTH.size, deadline))
+        buffers.append(_read_exact(fd, size, deadline))
+    return pickle.loads(payload, buffers=buffers)
+
+
+class DecodeSandbox:
+    """Runs media functions in a child process with a per-call timeout.
+
+    Args:
+        timeout_s: seconds one call may take before the child is killed and the sample fails.
+        enabled: when False, call the functions in-process (faster start, no protection).
+    """
+
+    def __init__(self, timeout_s: float = 60.0, enabled: bool = True):
+        self.timeout_s = timeout_s
+        self.enabled = enabled
+        self._proc: subprocess.Popen | None = None
+        self._owner_pid: int | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_proc"], state["_owner_pid"] = None, None
+        return state
+
+    def _child_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        package_root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        env.setdefault("OMP_NUM_THREADS", "1")
+        return env
+
+    def _ensure_child(self) -> subprocess.Popen:
+        if self._owner_pid != os.getpid():
+            # Inherited through fork from the parent: that child belongs to the parent, start our own.
+            self._proc, self._owner_pid = None, os.getpid()
+        if self._proc is None or self._proc.poll() is not None:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "lit_features.data.decode_worker"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                env=self._child_env(),
+                bufsize=0,
+            )
+        return self._proc
+
+    def kill(self) -> None:
+        """Stop the child (if any); the next call starts a fresh one."""
+        proc, self._proc = self._proc, None
+        if proc is not None and self._owner_pid == os.getpid() and proc.poll() is None:
+            try:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+
+    def call(self, function: str, *args: Any, **kwargs: Any) -> Any:
+        """Run ``media.MEDIA_FUNCTIONS[function](*args, **kwargs)`` in the child and return its result."""
+        if not self.enabled:
+            from lit_features.data.media import MEDIA_FUNCTIONS
+
+            return MEDIA_FUNCTIONS[function](*args, **kwargs)
+        proc = self._ensure_child()
+        try:
+            write_message(proc.stdin, (function, args, kwargs))
+            status, value = read_message(proc.stdout.fileno(), time.monotonic() + self.timeout_s)
+        except DecodeTimeout:
+            self.kill()
+            raise DecodeTimeout(f"decoding took longer than {self.timeout_s:g} s; the decoder was restarted") from None
+        except (EOFError, BrokenPipeError, OSError) as err:
+            code = proc.poll()
+            self.kill()
+            raise DecoderCrashed(f"decoder process died (exit code {code}): {err}") from None
+        if status == "ok":
+            return value
+        type_name, message = value
+        raise RemoteError(type_name, message)
+
+    def __del__(self) -> None:
+        try:
+            self.kill()
+        except Exception:
+            pass

@@ -1,0 +1,300 @@
+"""Read and validate video manifests in every form the source systems use, producing :class:`Sample` records.
+
+Forms: a JSON list of entries (``path``, ``cap``, ``num_frames``, ``fps``, ``resolution``, ``cut``, extra
+fields kept); a list file of ``<dataset_root>,<meta_json>`` lines; JSON Lines; a CSV of video + caption; a
+plain directory of videos/images; and IIANet split lists (``tr/cv/tt`` folders holding ``s1.json``/``s2.json``
+rows ``[wav, mouth_npz, n]``). Every problem is reported as a :class:`ManifestError` naming the file, the entry
+and the field, before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lit_features.data.keys import assign_keys, selector_suffix
+
+VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".flv", ".mpg", ".mpeg", ".ts"}
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+CSV_PATH_COLUMNS = ("path", "video", "video_path", "filename", "file", "image")
+CSV_CAPTION_COLUMNS = ("cap", "caption", "text", "prompt", "description")
+IIANET_SPLITS = {"train": ("tr",), "val": ("cv",), "test": ("tt",), "all": ("tr", "cv", "tt")}
+
+
+class ManifestError(ValueError):
+    """A manifest problem a user can fix; the message names the file, the entry and the field."""
+
+    def __init__(self, file: str | os.PathLike, message: str, entry: int | None = None, field: str | None = None):
+        where = f"{file}"
+        if entry is not None:
+            where += f", entry {entry}"
+        if field is not None:
+            where += f", field '{field}'"
+        super().__init__(f"{where}: {message}")
+        self.file, self.entry, self.field = str(file), entry, field
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One unit of work: a manifest entry resolved to an absolute source and a unique key."""
+
+    key: str
+    source: str | None
+    entry: dict[str, Any] = field(default_factory=dict)
+    manifest: str = ""
+    index: int = 0
+
+    @property
+    def cut(self) -> list[float] | None:
+        return self.entry.get("cut")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def validate_entry(entry: Any, file: str | os.PathLike, index: int, require_path: bool = False) -> dict[str, Any]:
+    """Check the common fields of one entry; return it as a dict (extra fields kept)."""
+    if not isinstance(entry, dict):
+        raise ManifestError(file, f"expected an object, got {type(entry).__name__}", index)
+    if require_path or "path" in entry:
+        if "path" not in entry:
+            raise ManifestError(file, "missing required field (the media file, relative to the root)", index, "path")
+        if not isinstance(entry["path"], str) or not entry["path"].strip():
+            raise ManifestError(file, f"must be a non-empty string, got {entry['path']!r}", index, "path")
+    for name in ("cap", "prompt", "negative_prompt"):
+        if name in entry and entry[name] is not None and not isinstance(entry[name], str):
+            raise ManifestError(file, f"must be a string, got {type(entry[name]).__name__}", index, name)
+    if "num_frames" in entry and not (_is_int(entry["num_frames"]) and entry["num_frames"] > 0):
+        raise ManifestError(file, f"must be a positive integer, got {entry['num_frames']!r}", index, "num_frames")
+    if "fps" in entry and not (_is_number(entry["fps"]) and entry["fps"] > 0):
+        raise ManifestError(file, f"must be a positive number, got {entry['fps']!r}", index, "fps")
+    if "resolution" in entry:
+        res = entry["resolution"]
+        if not isinstance(res, dict) or not all(_is_number(res.get(k)) for k in ("height", "width")):
+            raise ManifestError(file, f"must be {{height: int, width: int}}, got {res!r}", index, "resolution")
+    if "cut" in entry and entry["cut"] is not None:
+        cut = entry["cut"]
+        if not (isinstance(cut, (list, tuple)) and len(cut) == 2 and all(_is_number(c) for c in cut)):
+            raise ManifestError(file, f"must be [start, end] frame indices, got {cut!r}", index, "cut")
+        if cut[0] < 0 or cut[1] <= cut[0]:
+            raise ManifestError(file, f"needs 0 <= start < end, got {list(cut)!r}", index, "cut")
+    if "images" in entry:
+        imgs = entry["images"]
+        if not isinstance(imgs, list) or not all(isinstance(p, str) and p for p in imgs):
+            raise ManifestError(file, f"must be a list of image paths, got {imgs!r}", index, "images")
+    return dict(entry)
+
+
+def _load_json(file: Path) -> Any:
+    try:
+        with open(file, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise ManifestError(file, "file not found") from None
+    except json.JSONDecodeError as err:
+        raise ManifestError(file, f"invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+
+
+def _resolve(root: Path, rel: str) -> str:
+    return os.path.normpath(rel if os.path.isabs(rel) else os.path.join(root, rel))
+
+
+def _rel_name(root: Path, rel: str) -> str:
+    if not os.path.isabs(rel):
+        return rel
+    try:
+        return os.path.relpath(rel, root)
+    except ValueError:
+        return rel
+
+
+@dataclass
+class _RawEntry:
+    entry: dict[str, Any]
+    root: Path
+    file: Path
+    index: int
+
+
+def _entries_from_list(data: Any, file: Path, root: Path) -> list[_RawEntry]:
+    if isinstance(data, dict):
+        for wrapper in ("data", "entries", "items", "videos"):
+            if isinstance(data.get(wrapper), list):
+                data = data[wrapper]
+                break
+    if not isinstance(data, list):
+        raise ManifestError(file, f"expected a JSON list of entries, got {type(data).__name__}")
+    return [_RawEntry(validate_entry(e, file, i), root, file, i) for i, e in enumerate(data)]
+
+
+def read_json_list(file: Path, root: Path | None = None) -> list[_RawEntry]:
+    return _entries_from_list(_load_json(file), file, root or file.parent)
+
+
+def read_jsonl(file: Path, root: Path | None = None) -> list[_RawEntry]:
+    out = []
+    with open(file, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ManifestError(file, f"invalid JSON: {err.msg}", entry=lineno) from None
+            out.append(_RawEntry(validate_entry(entry, file, lineno), root or file.parent, file, lineno))
+    return out
+
+
+def read_list_file(file: Path) -> list[_RawEntry]:
+    """``<dataset_root>,<meta_json>`` lines; relative roots/JSONs resolve against the list file's folder."""
+    out = []
+    with open(file, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = [p.strip() for p in line.split(",")]
+            if len(parts) != 2 or not all(parts):
+                raise ManifestError(file, f"expected '<dataset_root>,<meta_json>', got {line!r}", entry=lineno)
+            root = Path(_resolve(file.parent, parts[0]))
+            meta = Path(_resolve(file.parent, parts[1]))
+            if not meta.exists():
+                raise ManifestError(file, f"meta JSON {str(meta)!r} does not exist", entry=lineno)
+            out.extend(read_json_list(meta, root) if meta.suffix != ".jsonl" else read_jsonl(meta, root))
+    return out
+
+
+def read_csv(file: Path, root: Path | None = None) -> list[_RawEntry]:
+    with open(file, encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        columns = reader.fieldnames or []
+        path_col = next((c for c in CSV_PATH_COLUMNS if c in columns), None)
+        if path_col is None:
+            raise ManifestError(
+                file, f"no video column; expected one of {CSV_PATH_COLUMNS}, got {columns}", field="path"
+            )
+        cap_col = next((c for c in CSV_CAPTION_COLUMNS if c in columns), None)
+        out = []
+        for i, row in enumerate(reader, start=2):
+            entry: dict[str, Any] = {k: v for k, v in row.items() if k not in (path_col, cap_col)}
+            entry["path"] = row[path_col]
+            if cap_col is not None:
+                entry["cap"] = row[cap_col]
+            for k in ("num_frames",):
+                if entry.get(k):
+                    try:
+                        entry[k] = int(entry[k])
+                    except ValueError:
+                        raise ManifestError(file, f"not an integer: {entry[k]!r}", i, k) from None
+            if entry.get("fps"):
+                try:
+                    entry["fps"] = float(entry["fps"])
+                except ValueError:
+                    raise ManifestError(file, f"not a number: {entry['fps']!r}", i, "fps") from None
+            out.append(_RawEntry(validate_entry(entry, file, i), root or file.parent, file, i))
+    return out
+
+
+def read_directory(folder: Path) -> list[_RawEntry]:
+    exts = VIDEO_EXTENSIONS | IMAGE_EXTENSIONS
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in exts)
+    return [_RawEntry({"path": str(p.relative_to(folder))}, folder, folder, i) for i, p in enumerate(files)]
+
+
+def read_iianet_split(split_root: Path, split: str) -> list[_RawEntry]:
+    """Mouth ``.npz`` entries of one IIANet split (``train``/``val``/``test``/``all``), deduplicated."""
+    if split not in IIANET_SPLITS:
+        raise ManifestError(split_root, f"unknown split {split!r}; choose one of {sorted(IIANET_SPLITS)}")
+    out, seen = [], set()
+    for sub in IIANET_SPLITS[split]:
+        for name in ("s1.json", "s2.json"):
+            file = split_root / sub / name
+            if not file.exists():
+                raise ManifestError(file, "split list not found (expected tr/, cv/, tt/ each with s1.json, s2.json)")
+            rows = _load_json(file)
+            if not isinstance(rows, list):
+                raise ManifestError(file, "expected a JSON list of [wav, mouth_npz, n] rows")
+            for i, row in enumerate(rows):
+                if not (isinstance(row, list) and len(row) >= 2 and isinstance(row[1], str) and row[1]):
+                    raise ManifestError(file, f"expected [wav, mouth_npz, n], got {row!r}", i, "mouth_npz")
+                if row[1] in seen:
+                    continue
+                seen.add(row[1])
+                entry = {"path": row[1], "wav": row[0]}
+                if len(row) > 2:
+                    entry["n_samples"] = row[2]
+                out.append(_RawEntry(entry, split_root, file, i))
+    return out
+
+
+def read_manifest_entries(manifest: str | os.PathLike, root: str | os.PathLike | None = None) -> list[_RawEntry]:
+    """Dispatch on the manifest's form (by extension, or a directory)."""
+    path = Path(manifest)
+    if not path.exists():
+        raise ManifestError(path, "manifest not found")
+    base = Path(root) if root is not None else None
+    if path.is_dir():
+        return read_directory(path)
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        return read_json_list(path, base)
+    if suffix == ".jsonl":
+        return read_jsonl(path, base)
+    if suffix == ".csv":
+        return read_csv(path, base)
+    if suffix in (".txt", ".list"):
+        return read_list_file(path)
+    raise ManifestError(path, "unknown manifest form; use .json, .jsonl, .csv, a <root>,<json> .txt list, or a folder")
+
+
+def build_samples(raw: Iterable[_RawEntry], media_field: str = "path") -> list[Sample]:
+    """Resolve sources, attach keys, and drop exact duplicates (same source and selector)."""
+    raw = list(raw)
+    idents, rels = [], []
+    for r in raw:
+        rel = r.entry.get(media_field)
+        suffix = selector_suffix(r.entry.get("cut"))
+        explicit = r.entry.get("key", r.entry.get("id"))
+        if explicit is not None:  # an entry that names itself keeps that name
+            rel = str(explicit)
+            idents.append((rel + suffix, f"id:{rel}{suffix}"))
+        elif rel is None:  # entries without media (text, reference images): identify by position
+            rel = f"{r.file.stem}_{r.index:06d}"
+            idents.append((rel, f"{r.file}#{r.index}"))
+        else:
+            idents.append((_rel_name(r.root, rel) + suffix, _resolve(r.root, rel) + suffix))
+        rels.append(rel)
+    keys = assign_keys(idents)
+    samples, seen = [], set()
+    for r, key in zip(raw, keys, strict=True):
+        if key in seen:
+            continue  # same media and selector listed twice: one sample (e.g. a mouth clip in s1 and s2)
+        seen.add(key)
+        entry = dict(r.entry)
+        source = _resolve(r.root, entry[media_field]) if media_field in entry else None
+        if "images" in entry:
+            entry["images"] = [_resolve(r.root, p) for p in entry["images"]]
+        samples.append(Sample(key=key, source=source, entry=entry, manifest=str(r.file), index=r.index))
+    return samples
+
+
+def read_manifests(
+    manifests: str | os.PathLike | Sequence[str | os.PathLike], root: str | os.PathLike | None = None
+) -> list[Sample]:
+    """Read one or several manifests into samples with unique keys across all of them."""
+    if isinstance(manifests, (str, os.PathLike)):
+        manifests = [manifests]
+    raw: list[_RawEntry] = []
+    for m in manifests:
+        raw.extend(read_manifest_entries(m, root))
+    return build_samples(raw)

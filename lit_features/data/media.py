@@ -1,0 +1,168 @@
+"""Decoding: videos with decord (PyAV as fallback), images with PIL, frame arrays from ``.npz``.
+
+These functions run inside the decode sandbox child process (see :mod:`lit_features.data.decode_sandbox`),
+so a decoder that hangs or crashes cannot take the run down. Every decoded frame count is checked against
+what was asked, because PyAV silently returns fewer frames on a truncated file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from lit_features.data.sampling import FrameSampling
+
+Backend = Literal["auto", "decord", "pyav"]
+
+
+class DecodeError(RuntimeError):
+    """The media could not be decoded as asked (unreadable, truncated, wrong content)."""
+
+
+@dataclass
+class DecodedVideo:
+    """Frames of one clip, ``uint8 [T, H, W, 3]`` RGB, upright (rotation metadata applied)."""
+
+    frames: np.ndarray
+    indices: list[int]
+    total_frames: int
+    fps: float
+    padded: int
+    backend: str
+    rotation: int = 0
+
+
+def _rotate(frames: np.ndarray, rotation: int) -> np.ndarray:
+    """Apply a display-matrix rotation (degrees counter-clockwise, as FFmpeg reports it) to ``[T, H, W, C]``."""
+    k = (rotation // 90) % 4
+    if k == 0:
+        return frames
+    return np.ascontiguousarray(np.rot90(frames, k=k, axes=(1, 2)))
+
+
+def probe_rotation(path: str) -> int:
+    """Rotation of the first video stream in degrees (0 when there is no display matrix)."""
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        for frame in container.decode(stream):
+            return int(round(getattr(frame, "rotation", 0) or 0))
+    return 0
+
+
+def _decode_decord(path: str, sampling: FrameSampling, cut: list[float] | None) -> DecodedVideo:
+    import decord
+
+    reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+    total = len(reader)
+    fps = float(reader.get_avg_fps())
+    indices, padded = sampling.select(total, fps, cut)
+    unique = sorted(set(indices))
+    if unique and unique[-1] >= total:
+        raise DecodeError(f"asked for frame {unique[-1]} but the video has {total} frames")
+    frames = reader.get_batch(unique).asnumpy()
+    if frames.shape[0] != len(unique):
+        raise DecodeError(f"decord returned {frames.shape[0]} frames, {len(unique)} were asked for")
+    lookup = {idx: pos for pos, idx in enumerate(unique)}
+    frames = frames[[lookup[i] for i in indices]]
+    rotation = probe_rotation(path)
+    return DecodedVideo(_rotate(frames, rotation), indices, total, fps, padded, "decord", rotation)
+
+
+def _decode_pyav(path: str, sampling: FrameSampling, cut: list[float] | None) -> DecodedVideo:
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        rate = stream.average_rate or stream.guessed_rate
+        fps = float(rate) if rate else 0.0
+        header_total = int(stream.frames or 0)
+        if header_total > 0:
+            indices, padded = sampling.select(header_total, fps, cut)
+            wanted = set(indices)
+            last = max(indices)
+            got: dict[int, np.ndarray] = {}
+            rotation = 0
+            decoded = 0
+            for i, frame in enumerate(container.decode(stream)):
+                decoded = i + 1
+                if i in wanted:
+                    got[i] = frame.to_ndarray(format="rgb24")
+                    rotation = int(round(getattr(frame, "rotation", 0) or 0))
+                if i >= last:
+                    break
+            if len(got) != len(wanted):
+                # PyAV ends quietly on a truncated stream; the header promised more frames.
+                raise DecodeError(
+                    f"video ended after {decoded} decoded frames but the header says {header_total} and frame "
+                    f"{last} was asked for (file truncated?)"
+                )
+            total = header_total
+        else:  # no frame count in the header: decode everything, then select
+            all_frames, rotation = [], 0
+            for frame in container.decode(stream):
+                all_frames.append(frame.to_ndarray(format="rgb24"))
+                rotation = int(round(getattr(frame, "rotation", 0) or 0))
+            total = len(all_frames)
+            indices, padded = sampling.select(total, fps, cut)
+            got = {i: all_frames[i] for i in set(indices)}
+    if not got:
+        raise DecodeError("no frames decoded")
+    frames = np.stack([got[i] for i in indices])
+    return DecodedVideo(_rotate(frames, rotation), indices, total, fps, padded, "pyav", rotation)
+
+
+def decode_video(
+    path: str, sampling: FrameSampling, cut: list[float] | None = None, backend: Backend = "auto"
+) -> DecodedVideo:
+    """Decode only the frames ``sampling`` selects. ``auto`` tries decord, then PyAV when decord fails."""
+    import os
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file: {path}")
+    if os.path.getsize(path) == 0:
+        raise DecodeError(f"empty file (0 bytes): {path}")
+    if backend == "decord":
+        return _decode_decord(path, sampling, cut)
+    if backend == "pyav":
+        return _decode_pyav(path, sampling, cut)
+    try:
+        return _decode_decord(path, sampling, cut)
+    except ImportError:
+        return _decode_pyav(path, sampling, cut)
+    except Exception as decord_error:  # decord.DECORDError is not a RuntimeError subclass
+        from lit_features.data.sampling import ShortClipError
+
+        if isinstance(decord_error, ShortClipError):
+            raise
+        try:
+            return _decode_pyav(path, sampling, cut)
+        except Exception as pyav_error:
+            raise DecodeError(
+                f"decord: {type(decord_error).__name__}: {decord_error}; "
+                f"PyAV: {type(pyav_error).__name__}: {pyav_error}"
+            ) from pyav_error
+
+
+def decode_image(path: str) -> np.ndarray:
+    """An RGB ``uint8 [H, W, 3]`` image, EXIF orientation applied."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as image:
+        image = ImageOps.exif_transpose(image)
+        return np.asarray(image.convert("RGB")).copy()
+
+
+def load_npz_array(path: str, key: str = "data") -> np.ndarray:
+    """One array from an ``.npz`` file (no pickles allowed)."""
+    with np.load(path, allow_pickle=False) as data:
+        if key not in data.files:
+            raise DecodeError(f"{path}: no array named {key!r} (found {data.files})")
+        return data[key]
+
+
+MEDIA_FUNCTIONS = {"video": decode_video, "image": decode_image, "npz": load_npz_array}

@@ -1,0 +1,98 @@
+"""The contract between an extractor and the data side: a small picklable preprocessor and a media loader.
+
+An extractor declares its input contract (which frames, what size, which normalisation) as a
+:class:`Preprocessor`. The DataModule applies it in DataLoader workers through a :class:`MediaLoader`, which owns
+all media I/O (sandboxed decoding). Preprocessors never hold model weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from lit_features.data.decode_sandbox import DecoderCrashed, DecodeSandbox, DecodeTimeout, RemoteError
+from lit_features.data.manifest import Sample
+from lit_features.data.media import DecodedVideo
+from lit_features.data.sampling import FrameSampling
+
+
+class SampleFailure(Exception):
+    """One sample could not be prepared; carries the pipeline stage (``decode`` or ``transform``)."""
+
+    def __init__(self, stage: str, error: str, message: str):
+        super().__init__(f"{stage}: {error}: {message}")
+        self.stage, self.error, self.message = stage, error, message
+
+
+class EntryError(ValueError):
+    """A manifest entry lacks what this extractor needs; names the field."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+class MediaLoader:
+    """Sandboxed access to a sample's media; every failure becomes a :class:`SampleFailure` (stage ``decode``)."""
+
+    def __init__(self, sandbox: DecodeSandbox, video_backend: str = "auto"):
+        self.sandbox = sandbox
+        self.video_backend = video_backend
+
+    def _call(self, function: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self.sandbox.call(function, *args, **kwargs)
+        except RemoteError as err:
+            raise SampleFailure("decode", err.type_name, str(err)) from None
+        except (DecodeTimeout, DecoderCrashed) as err:
+            raise SampleFailure("decode", type(err).__name__, str(err)) from None
+
+    def video(self, path: str, sampling: FrameSampling, cut: list[float] | None = None) -> DecodedVideo:
+        return self._call("video", path, sampling, cut, self.video_backend)
+
+    def image(self, path: str) -> Any:
+        return self._call("image", path)
+
+    def npz(self, path: str, key: str = "data") -> Any:
+        return self._call("npz", path, key)
+
+
+def default_collate(items: list[Any]) -> Any:
+    """Stack tensors of equal shape; keep lists otherwise (variable-size samples stay correct)."""
+    first = items[0]
+    if isinstance(first, torch.Tensor):
+        if all(isinstance(i, torch.Tensor) and i.shape == first.shape and i.dtype == first.dtype for i in items):
+            return torch.stack(items)
+        return list(items)
+    if isinstance(first, dict):
+        return {k: default_collate([i[k] for i in items]) for k in first}
+    return list(items)
+
+
+@dataclasses.dataclass
+class Preprocessor:
+    """Base class: subclasses are dataclasses whose fields are every parameter that changes the numbers.
+
+    Override :meth:`__call__` (load media through ``media`` and return model inputs for one sample), and
+    optionally :meth:`validate` (manifest-time checks) and :meth:`collate`.
+    """
+
+    required_fields = ("path",)
+
+    def validate(self, sample: Sample) -> None:
+        """Raise :class:`EntryError` when ``sample`` cannot be processed by this extractor."""
+        for name in self.required_fields:
+            if sample.entry.get(name) in (None, ""):
+                raise EntryError(name, "missing required field for this extractor")
+
+    def __call__(self, sample: Sample, media: MediaLoader) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def collate(self, items: list[Any]) -> Any:
+        return default_collate(items)
+
+    def params(self) -> dict[str, Any]:
+        """Parameters recorded in the store fingerprint."""
+        return {"type": type(self).__qualname__, **dataclasses.asdict(self)}

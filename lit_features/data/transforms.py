@@ -1,0 +1,112 @@
+"""Frame transforms on ``[T, C, H, W]`` tensors: resizes, the two center-crop-resize orders, normalisation."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+NORMALIZATION_PRESETS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "lip": ((0.421,), (0.165,)),
+}
+
+Interpolation = Literal["bilinear", "bicubic", "nearest", "area"]
+
+
+def to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """``uint8 [T, H, W, C]`` (or ``[H, W, C]``) -> float ``[T, C, H, W]`` in [0, 1]."""
+    if frames.ndim == 3:
+        frames = frames[None]
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def resize(
+    x: torch.Tensor, size: tuple[int, int], mode: Interpolation = "bilinear", antialias: bool = True
+) -> torch.Tensor:
+    """Resize ``[T, C, H, W]`` to exactly ``size`` = (H, W)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
+    aa = antialias and mode in ("bilinear", "bicubic")
+    return F.interpolate(x, size=size, mode=mode, antialias=aa, **kwargs)
+
+
+def resize_short_side(x: torch.Tensor, short: int, mode: Interpolation = "bilinear") -> torch.Tensor:
+    """Resize so the shorter side equals ``short`` (the other side rounded up, as upstream uses ceil)."""
+    h, w = x.shape[-2:]
+    scale = short / min(h, w)
+    if h <= w:
+        return resize(x, (short, math.ceil(w * scale)), mode)
+    return resize(x, (math.ceil(h * scale), short), mode)
+
+
+def resize_cover(x: torch.Tensor, size: tuple[int, int], mode: Interpolation = "bilinear") -> torch.Tensor:
+    """Resize keeping aspect so the result covers ``size`` (both sides >= target)."""
+    h, w = x.shape[-2:]
+    scale = max(size[0] / h, size[1] / w)
+    return resize(x, (max(size[0], math.ceil(h * scale)), max(size[1], math.ceil(w * scale))), mode)
+
+
+def center_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Crop the central ``size`` region (``[..., H, W]``); a clear error when the input is smaller."""
+    h, w = x.shape[-2:]
+    th, tw = size
+    if h < th or w < tw:
+        raise ValueError(f"cannot center-crop {h}x{w} to {th}x{tw}: input is smaller than the crop")
+    top, left = int(round((h - th) / 2.0)), int(round((w - tw) / 2.0))
+    return x[..., top : top + th, left : left + tw]
+
+
+def crop_then_resize(x: torch.Tensor, size: tuple[int, int], mode: Interpolation = "bilinear") -> torch.Tensor:
+    """Crop the largest centred region with the target aspect, then resize it to exactly ``size`` (BindWeave)."""
+    h, w = x.shape[-2:]
+    th, tw = size
+    if h * tw > w * th:  # too tall for the target aspect
+        ch, cw = max(1, round(w * th / tw)), w
+    else:
+        ch, cw = h, max(1, round(h * tw / th))
+    return resize(center_crop(x, (ch, cw)), size, mode)
+
+
+def resize_then_crop(x: torch.Tensor, size: tuple[int, int], mode: Interpolation = "bilinear") -> torch.Tensor:
+    """Resize to cover ``size`` keeping aspect (short side, ceil), then center-crop (FlashI2V)."""
+    return center_crop(resize_cover(x, size, mode), size)
+
+
+def normalize(x: torch.Tensor, preset: str | tuple[tuple[float, ...], tuple[float, ...]]) -> torch.Tensor:
+    """``(x - mean) / std`` per channel of ``[T, C, H, W]`` with a named preset or explicit (mean, std)."""
+    if isinstance(preset, str):
+        if preset not in NORMALIZATION_PRESETS:
+            raise ValueError(f"unknown normalisation {preset!r}; choose from {sorted(NORMALIZATION_PRESETS)}")
+        preset = NORMALIZATION_PRESETS[preset]
+    mean = torch.tensor(preset[0], dtype=x.dtype).view(1, -1, 1, 1)
+    std = torch.tensor(preset[1], dtype=x.dtype).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+SIZE_RULES = ("exact", "crop_then_resize", "resize_then_crop", "cover", "short_side", "none")
+
+
+def apply_size_rule(
+    x: torch.Tensor, rule: str, size: tuple[int, int] | None, mode: Interpolation = "bilinear"
+) -> torch.Tensor:
+    """Dispatch on a named size rule (the names used in configs)."""
+    if rule == "none" or size is None:
+        return x
+    if rule == "exact":
+        return resize(x, size, mode)
+    if rule == "crop_then_resize":
+        return crop_then_resize(x, size, mode)
+    if rule == "resize_then_crop":
+        return resize_then_crop(x, size, mode)
+    if rule == "cover":
+        return resize_cover(x, size, mode)
+    if rule == "short_side":
+        return resize_short_side(x, min(size), mode)
+    raise ValueError(f"unknown size rule {rule!r}; choose from {SIZE_RULES}")

@@ -1,0 +1,178 @@
+"""Base class of every extractor: a frozen, predict-only LightningModule that declares its own preprocessing.
+
+Subclasses set ``extractor_name`` (the registry name) and ``hub_id`` (where real weights come from), and
+implement :meth:`preprocessor`, :meth:`load_model` and :meth:`extract`. Weights load in ``configure_model``,
+which Lightning calls after the DataModule has validated the manifest and the writer has checked the store,
+so a broken manifest or a mismatched store stops the run before any weights are read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import lightning.pytorch as pl
+import torch
+
+from lit_features.data.dataset import Batch
+from lit_features.data.preprocess import Preprocessor
+from lit_features.records import Failure, FeatureRecord, PredictionOutput
+from lit_features.store.fingerprint import weight_identity
+from lit_features.store.layout import STORE_FORMAT_VERSION
+
+log = logging.getLogger(__name__)
+
+EXTRACTORS: dict[str, type[FeatureExtractor]] = {}
+STAND_IN_MARKER = "tiny_random_stand_in"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class MissingWeightsError(FileNotFoundError):
+    """The configured model path does not exist; the message says how to get the weights."""
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
+def looks_like_hub_id(path: str) -> bool:
+    """``org/name`` with no local meaning (not ``./x``, ``/x`` or a ``pretrained_model/...`` folder)."""
+    parts = path.split("/")
+    return len(parts) == 2 and all(parts) and not path.startswith((".", "/", "~")) and parts[0] != "pretrained_model"
+
+
+def is_stand_in(path: str | os.PathLike) -> bool:
+    """True when the weights at ``path`` carry the tiny random stand-in marker."""
+    path = Path(path)
+    candidates = [path] if path.is_file() and path.suffix == ".json" else list(path.glob("**/config.json"))[:8]
+    for file in candidates:
+        try:
+            if json.loads(file.read_text()).get(STAND_IN_MARKER):
+                return True
+        except (OSError, ValueError):
+            continue
+    if path.is_file():
+        return path.with_name(path.name + ".stand_in").exists()
+    return False
+
+
+class FeatureExtractor(pl.LightningModule):
+    """Frozen, eval-mode, inference-only feature extractor.
+
+    Args:
+        model_path: local weights folder/file, or a hub id (``org/name``) resolved by ``from_pretrained``.
+        dtype: compute and storage dtype of the model (``bfloat16``, ``float16`` or ``float32``).
+        trust_remote_code: allow model code from the weights folder; off unless a config turns it on.
+    """
+
+    extractor_name: ClassVar[str] = ""
+    hub_id: ClassVar[str] = ""
+    fingerprint_exclude: ClassVar[tuple[str, ...]] = ("model_path",)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.extractor_name:
+            EXTRACTORS[cls.extractor_name] = cls
+
+    def __init__(self, model_path: str, dtype: str = "bfloat16", trust_remote_code: bool = False):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model_path = model_path
+        self.dtype_name = dtype
+        self.compute_dtype = resolve_dtype(dtype)
+        self.trust_remote_code = trust_remote_code
+        self.check_weights_present(model_path)
+        self.is_stand_in = os.path.exists(model_path) and is_stand_in(model_path)
+        self.model: torch.nn.Module | None = None
+
+    # -- weights
+    def check_weights_present(self, path: str) -> None:
+        """Fail at start, not after an hour, when the weights are not where the config says."""
+        if os.path.exists(path) or looks_like_hub_id(path):
+            return
+        hint = f"huggingface-cli download {self.hub_id} --local-dir {path}" if self.hub_id else "download the weights"
+        raise MissingWeightsError(
+            f"{type(self).__name__}: model weights not found at {path!r}. Get them with `{hint}`, point "
+            f"model.model_path at them, or run `python tools/make_tiny_models.py --out pretrained_model` for tiny "
+            "random stand-ins (for trying the pipeline only)."
+        )
+
+    def load_model(self) -> torch.nn.Module:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        if self.is_stand_in:
+            log.warning(
+                "!!! %s: %s holds TINY RANDOM STAND-IN weights: features are meaningless; the store records this.",
+                type(self).__name__,
+                self.model_path,
+            )
+        model = self.load_model()
+        model.requires_grad_(False)
+        model.eval()
+        self.model = model
+
+    def train(self, mode: bool = True) -> FeatureExtractor:
+        # Frozen extractors stay in eval mode whatever Lightning asks (dropout / batch-norm statistics).
+        return super().train(False)
+
+    # -- contract with the data side and the store
+    def preprocessor(self) -> Preprocessor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Everything that changes the numbers (not output paths, batch size, workers or devices)."""
+        params = {k: v for k, v in dict(self.hparams).items() if k not in self.fingerprint_exclude}
+        weights = weight_identity(self.model_path) if os.path.exists(self.model_path) else {"hub_id": self.model_path}
+        return {
+            "extractor": self.extractor_name or type(self).__qualname__,
+            "params": params,
+            "weights": weights,
+            "preprocess": self.preprocessor().params(),
+            "store_format": STORE_FORMAT_VERSION,
+        }
+
+    def store_fingerprints(self) -> dict[str, dict[str, Any]]:
+        """One fingerprint per sub-store this extractor writes (``""`` is the output directory)."""
+        return {"": self.fingerprint()}
+
+    # -- inference
+    def extract(self, inputs: Any, batch: Batch) -> list[dict[str, torch.Tensor]]:  # pragma: no cover - abstract
+        """Features of every sample in ``batch`` (same order as ``batch.keys``)."""
+        raise NotImplementedError
+
+    def sample_meta(self, batch: Batch, index: int) -> dict[str, Any]:
+        """Small JSON-able metadata stored with each sample (the preprocessor's meta by default)."""
+        return {k: v for k, v in batch.metas[index].items() if k != "entry"}
+
+    def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> PredictionOutput:
+        failures = list(batch.failures)
+        if len(batch) == 0:
+            return PredictionOutput([], failures)
+        try:
+            outputs = self.extract(batch.inputs, batch)
+        except Exception as err:  # a model error costs this batch's samples, recorded; the run goes on
+            log.exception("model failed on batch %d", batch_idx)
+            failures += [
+                Failure(k, s, "model", type(err).__name__, str(err)) for k, s in zip(batch.keys, batch.sources)
+            ]
+            return PredictionOutput([], failures)
+        if len(outputs) != len(batch):
+            raise RuntimeError(
+                f"{type(self).__name__}.extract returned {len(outputs)} outputs for {len(batch)} samples"
+            )
+        records = [
+            FeatureRecord(key, source, tensors, self.sample_meta(batch, i))
+            for i, (key, source, tensors) in enumerate(zip(batch.keys, batch.sources, outputs))
+        ]
+        return PredictionOutput(records, failures)
+
+    def configure_optimizers(self) -> None:
+        return None

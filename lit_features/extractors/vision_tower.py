@@ -1,0 +1,176 @@
+"""ViT penultimate-layer features at native resolution from Hugging Face vision towers (SigLIP, CLIP).
+
+Images keep their size, snapped to a multiple of the patch size (``snap="resize"``: resize each side to the
+nearest multiple, bicubic; ``snap="crop"``: center-crop down to the multiple below). Videos give ``num_frames``
+uniformly sampled frames (``round(linspace(0, n-1, N))`` inside the entry's ``cut``). Position embeddings are
+interpolated to the input grid. The stored tensor ``features`` is ``[N, D]`` for an image and ``[T, N, D]``
+for a video, from ``hidden_states[layer]`` (default ``-2``, the penultimate layer).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from lit_features.data.dataset import Batch, Prepared
+from lit_features.data.manifest import IMAGE_EXTENSIONS, Sample
+from lit_features.data.preprocess import MediaLoader, Preprocessor
+from lit_features.data.sampling import FrameSampling
+from lit_features.data.transforms import center_crop, normalize, resize, to_tensor
+from lit_features.extractors.base import FeatureExtractor
+
+
+def snap_size(height: int, width: int, patch: int, rule: Literal["resize", "crop"]) -> tuple[int, int]:
+    """Target (H, W) as multiples of ``patch``: nearest multiple (``resize``) or the one below (``crop``)."""
+    if rule == "resize":
+        return max(patch, round(height / patch) * patch), max(patch, round(width / patch) * patch)
+    return max(patch, height // patch * patch), max(patch, width // patch * patch)
+
+
+def read_normalisation(model_path: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """``image_mean``/``image_std`` from the weights' ``preprocessor_config.json`` when present."""
+    file = Path(model_path) / "preprocessor_config.json"
+    if not file.exists():
+        return None
+    cfg = json.loads(file.read_text())
+    if "image_mean" in cfg and "image_std" in cfg:
+        return tuple(cfg["image_mean"]), tuple(cfg["image_std"])
+    return None
+
+
+@dataclass
+class NativeResolutionPreprocessor(Preprocessor):
+    """Images at native resolution, or N uniform frames of a video, snapped to the patch grid and normalised."""
+
+    patch_size: int = 14
+    num_frames: int = 8
+    snap: Literal["resize", "crop"] = "resize"
+    mean: tuple[float, ...] = (0.48145466, 0.4578275, 0.40821073)
+    std: tuple[float, ...] = (0.26862954, 0.26130258, 0.27577711)
+    short_clip: Literal["fail", "pad_last", "stretch"] = "fail"
+    max_pixels: int | None = None
+
+    def load_frames(self, sample: Sample, media: MediaLoader) -> tuple[Any, dict[str, Any]]:
+        assert sample.source is not None
+        if Path(sample.source).suffix.lower() in IMAGE_EXTENSIONS:
+            return media.image(sample.source)[None], {"kind": "image"}
+        sampling = FrameSampling("uniform", self.num_frames, short_clip=self.short_clip)
+        video = media.video(sample.source, sampling, sample.cut)
+        meta = {
+            "kind": "video",
+            "frame_indices": video.indices,
+            "total_frames": video.total_frames,
+            "fps": video.fps,
+        }
+        if video.padded:
+            meta["padded_frames"] = video.padded
+        return video.frames, meta
+
+    def pixels(self, frames: Any) -> torch.Tensor:
+        x = to_tensor(frames)
+        h, w = x.shape[-2:]
+        if self.max_pixels is not None and h * w > self.max_pixels:
+            scale = (self.max_pixels / (h * w)) ** 0.5
+            x = resize(x, (max(1, int(h * scale)), max(1, int(w * scale))), "bicubic")
+            h, w = x.shape[-2:]
+        th, tw = snap_size(h, w, self.patch_size, self.snap)
+        x = resize(x, (th, tw), "bicubic") if self.snap == "resize" else center_crop(x, (th, tw))
+        return normalize(x.clamp_(0, 1), (self.mean, self.std))
+
+    def __call__(self, sample: Sample, media: MediaLoader) -> Prepared:
+        frames, meta = self.load_frames(sample, media)
+        pixels = self.pixels(frames)
+        meta["size"] = list(pixels.shape[-2:])
+        return Prepared(pixels, meta)
+
+
+class VisionTowerFeatures(FeatureExtractor):
+    """Per-sample ViT features from a Hugging Face SigLIP or CLIP vision tower.
+
+    Args:
+        model_path: weights folder (a full SigLIP/CLIP checkpoint or a vision-only one) or hub id.
+        layer: index into ``hidden_states`` (``-2``: output of the penultimate layer).
+        num_frames: frames uniformly sampled from each video.
+        snap: how sides are made multiples of the patch size (``resize`` or ``crop``).
+        short_clip: policy for videos with fewer frames than ``num_frames``.
+        max_pixels: downscale larger inputs to at most this many pixels first (``None``: never).
+        dtype: model dtype; features are stored in it.
+    """
+
+    extractor_name = "vision_tower"
+    hub_id = "google/siglip-so400m-patch14-384"
+
+    def __init__(
+        self,
+        model_path: str = "pretrained_model/siglip-so400m-patch14-384",
+        layer: int = -2,
+        num_frames: int = 8,
+        snap: Literal["resize", "crop"] = "resize",
+        short_clip: Literal["fail", "pad_last", "stretch"] = "fail",
+        max_pixels: int | None = None,
+        dtype: str = "bfloat16",
+        trust_remote_code: bool = False,
+    ):
+        super().__init__(model_path, dtype, trust_remote_code)
+        self.layer = layer
+        self.num_frames = num_frames
+        self.snap = snap
+        self.short_clip = short_clip
+        self.max_pixels = max_pixels
+        self._preprocessor: NativeResolutionPreprocessor | None = None
+
+    def vision_config(self) -> dict[str, Any]:
+        file = Path(self.model_path) / "config.json"
+        if not file.exists():
+            return {}
+        cfg = json.loads(file.read_text())
+        return cfg.get("vision_config", cfg)
+
+    def preprocessor(self) -> NativeResolutionPreprocessor:
+        if self._preprocessor is None:
+            norm = read_normalisation(self.model_path) if os.path.isdir(self.model_path) else None
+            mean, std = norm if norm else (NativeResolutionPreprocessor.mean, NativeResolutionPreprocessor.std)
+            self._preprocessor = NativeResolutionPreprocessor(
+                patch_size=int(self.vision_config().get("patch_size", 14)),
+                num_frames=self.num_frames,
+                snap=self.snap,
+                mean=tuple(mean),
+                std=tuple(std),
+                short_clip=self.short_clip,
+                max_pixels=self.max_pixels,
+            )
+        return self._preprocessor
+
+    def load_model(self) -> torch.nn.Module:
+        from transformers import AutoConfig, CLIPVisionModel, SiglipVisionModel
+
+        config = AutoConfig.from_pretrained(self.model_path, trust_remote_code=self.trust_remote_code)
+        model_type = getattr(config, "model_type", "")
+        cls = CLIPVisionModel if model_type.startswith("clip") else SiglipVisionModel
+        return cls.from_pretrained(self.model_path, dtype=self.compute_dtype, trust_remote_code=self.trust_remote_code)
+
+    def tower_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``hidden_states[layer]`` of ``pixels [B, 3, H, W]`` -> ``[B, N, D]`` (CLS dropped for CLIP)."""
+        assert self.model is not None
+        out = self.model(
+            pixel_values=pixels.to(self.compute_dtype),
+            output_hidden_states=True,
+            interpolate_pos_encoding=True,
+        )
+        hidden = out.hidden_states[self.layer]
+        if type(self.model).__name__.startswith("CLIP"):
+            hidden = hidden[:, 1:]  # patch tokens only, like SigLIP (no CLS)
+        return hidden
+
+    def extract(self, inputs: Any, batch: Batch) -> list[dict[str, torch.Tensor]]:
+        items = list(inputs) if not isinstance(inputs, list) else inputs
+        outputs = []
+        for pixels, meta in zip(items, batch.metas):
+            feats = self.tower_features(pixels)  # frames of one video share a size: one forward
+            outputs.append({"features": feats[0] if meta.get("kind") == "image" else feats})
+        return outputs

@@ -1,0 +1,114 @@
+"""Read a feature store: keys, ``store[key]``, failures, and a torch Dataset over it. Never unpickles."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from lit_features.store import layout
+from lit_features.store.codecs import decode
+
+
+class FeatureStore:
+    """A read-only view of a store written by :class:`~lit_features.store.writer.FeatureWriter`.
+
+    The per-rank index files are the source of truth (the merged ``index.jsonl`` is a convenience that a
+    killed run may not have refreshed); the latest row per key wins.
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        meta_path = self.root / layout.STORE_JSON
+        if not meta_path.exists():
+            raise FileNotFoundError(f"{self.root} is not a feature store (no {layout.STORE_JSON})")
+        self.info: dict[str, Any] = json.loads(meta_path.read_text())
+        self._rows: dict[str, dict[str, Any]] = {}
+        for path in layout.rank_files(self.root, layout.INDEX_DIR):
+            for row in layout.read_jsonl_rows(path):
+                self._rows[row["key"]] = row
+        self._keys = sorted(self._rows)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.info.get("fingerprint_hash", "")
+
+    @property
+    def codec(self) -> str:
+        return self.info.get("codec", "safetensors")
+
+    def keys(self) -> list[str]:
+        return list(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._rows
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def row(self, key: str) -> dict[str, Any]:
+        """The index row of ``key``: files, source, shapes, dtypes, bytes, meta."""
+        return self._rows[key]
+
+    def path(self, key: str) -> Path:
+        file = Path(self._rows[key]["file"])
+        return file if file.is_absolute() else self.root / file
+
+    def __getitem__(self, key: str) -> dict[str, torch.Tensor]:
+        """All tensors of one sample by name."""
+        row = self._rows[key]
+        files = row.get("files", [row["file"]])
+        out: dict[str, torch.Tensor] = {}
+        names = list(row["shapes"])
+        for i, file in enumerate(files):
+            path = Path(file) if Path(file).is_absolute() else self.root / file
+            tensors, _ = decode(str(path), self.codec)
+            if list(tensors) == ["tensor"] and len(files) == len(names):
+                tensors = {names[i]: tensors["tensor"]}  # bare-tensor files: one per name, in index order
+            out.update(tensors)
+        return out
+
+    def meta(self, key: str) -> dict[str, Any]:
+        return self._rows[key].get("meta", {})
+
+    def failures(self) -> list[dict[str, Any]]:
+        """Failure rows (latest per key) for keys that are not done."""
+        rows: dict[str, dict[str, Any]] = {}
+        for path in layout.rank_files(self.root, layout.FAILURES_DIR):
+            for row in layout.read_jsonl_rows(path):
+                if row["key"] not in self._rows:
+                    rows[row["key"]] = row
+        return [rows[k] for k in sorted(rows)]
+
+    def as_dataset(self, names: Sequence[str] | None = None, keys: Sequence[str] | None = None) -> FeatureDataset:
+        return FeatureDataset(self, names, keys)
+
+
+class FeatureDataset(Dataset):
+    """Map-style dataset of ``{"key": str, <name>: tensor, ...}`` items from a store."""
+
+    def __init__(self, store: FeatureStore, names: Sequence[str] | None = None, keys: Sequence[str] | None = None):
+        self.store = store
+        self.names = list(names) if names is not None else None
+        self.keys = list(keys) if keys is not None else store.keys()
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        key = self.keys[index]
+        tensors = self.store[key]
+        if self.names is not None:
+            missing = [n for n in self.names if n not in tensors]
+            if missing:
+                raise KeyError(f"{self.store.path(key)}: no tensor named {missing} (has {sorted(tensors)})")
+            tensors = {n: tensors[n] for n in self.names}
+        return {"key": key, **tensors}
