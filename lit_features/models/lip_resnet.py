@@ -206,6 +206,10 @@ def load_lip_frontend(
             f"{path_str}: expected the lip-reading checkpoint dict with a 'model_state_dict' entry "
             f"(or a bare front-end state dict), found {found}"
         )
+    if not isinstance(state_dict, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in state_dict.values()
+    ):
+        raise ValueError(f"{path_str}: 'model_state_dict' must map parameter names to tensors")
     kept = {key: value for key, value in state_dict.items() if not any(m in key for m in _HEAD_KEY_MARKERS)}
 
     model = LipReadingResNet18()

@@ -483,6 +483,10 @@ def load_motion_autoencoder(
             f"{{epoch, state_dict, config, mean_loss}} layout), found {found}"
         )
     state_dict, raw_config = checkpoint["state_dict"], checkpoint["config"]
+    if not isinstance(state_dict, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in state_dict.values()
+    ):
+        raise ValueError(f"{path_str}: 'state_dict' must map parameter names to tensors")
     if not isinstance(raw_config, Mapping):
         raise ValueError(
             f"{path_str}: 'config' must be a dict of constructor arguments, got {type(raw_config).__name__}"
