@@ -1,0 +1,1 @@
+"""Plain PyTorch encoder modules used by the extractors (no Lightning dependency)."""
