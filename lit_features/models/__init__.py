@@ -1,0 +1,1 @@
+"""Plain PyTorch encoder implementations used by the feature extractors."""
