@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import lru_cache
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
@@ -61,15 +62,17 @@ def flash_attn_available() -> bool:
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor) -> list[int]:
     if q.dim() != 3 or k.shape != q.shape or v.shape[:2] != q.shape[:2]:
         raise ValueError(
-            "segment_attention expects q, k, v shaped [total, heads, head_dim] with matching total and heads; "
+            "segment_attention expects q, k, v shaped [total, heads, head_dim] with matching total "
+            "and heads; "
             f"got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
         )
     bounds = [int(b) for b in cu_seqlens.tolist()]
     if len(bounds) < 2 or bounds[0] != 0 or bounds[-1] != q.shape[0]:
         raise ValueError(
-            f"cu_seqlens must start at 0 and end at the packed length {q.shape[0]}; got {bounds[:4]}...{bounds[-2:]}"
+            f"cu_seqlens must start at 0 and end at the packed length {q.shape[0]}; "
+            f"got {bounds[:4]}...{bounds[-2:]}"
         )
-    if any(b > a for a, b in zip(bounds[1:], bounds[:-1])):
+    if any(b < a for a, b in pairwise(bounds)):
         raise ValueError("cu_seqlens must be non-decreasing")
     return bounds
 
@@ -111,10 +114,11 @@ def segment_attention(
     if use_flash and not flash_ok:
         raise RuntimeError(
             "use_flash=True needs flash-attn installed, CUDA tensors and float16/bfloat16 inputs; "
-            f"got flash-attn {'present' if flash is not None else 'missing'}, device {q.device}, dtype {q.dtype}"
+            f"got flash-attn {'present' if flash is not None else 'missing'}, device {q.device}, "
+            f"dtype {q.dtype}"
         )
     if flash_ok and use_flash is not False:
-        lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+        lengths = [b - a for a, b in pairwise(bounds)]
         cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
         max_len = max(lengths)
         return flash(
@@ -130,7 +134,7 @@ def segment_attention(
         )
 
     out = q.new_empty(q.shape[:2] + v.shape[-1:])
-    for start, end in zip(bounds[:-1], bounds[1:]):
+    for start, end in pairwise(bounds):
         if end == start:
             continue
         # SDPA wants [..., seq, dim]; heads become the batch dimension of this one segment.

@@ -272,8 +272,9 @@ class VideoMAEv2(nn.Module):
         _, _, frames, height, width = video.shape
         if frames % cfg.tubelet_size or height % cfg.patch_size or width % cfg.patch_size:
             raise ValueError(
-                f"clip of {frames} frames at {height}x{width} does not tile into tubelets of {cfg.tubelet_size} "
-                f"frames and {cfg.patch_size}px patches; resample the frame count or resize the frames"
+                f"clip of {frames} frames at {height}x{width} does not tile into tubelets of "
+                f"{cfg.tubelet_size} frames and {cfg.patch_size}px patches; resample the frame count or "
+                "resize the frames"
             )
         tokens = self.patch_embed(video.to(self.patch_embed.proj.weight.dtype))
         batch, dim, t, h, w = tokens.shape

@@ -87,7 +87,7 @@ def test_48_frames_at_160x240_give_24x10x15_tokens(tiny_model):
 
 
 def _reference_features(model: VideoMAEv2, video: torch.Tensor) -> torch.Tensor:
-    """Direct re-statement of upstream's forward: explicit softmax, q/v bias with zero k bias, no final norm."""
+    """Upstream's forward written out: explicit softmax, q/v bias with a zero k bias, no final norm."""
     cfg = model.config
     x = model.patch_embed.proj(video)
     b, c, t, h, w = x.shape

@@ -19,7 +19,8 @@ from lit_features.models.videomae_v2 import CHECKPOINT_CONFIG_KEY, VideoMAEv2, V
 FILE_NAME = "vit_b_k710_dl_from_giant.pth"
 MARKER = "tiny_random_stand_in"
 TINY_CONFIG = VideoMAEv2Config(embed_dim=32, depth=2, num_heads=2, patch_size=16, tubelet_size=2)
-NUM_CLASSES = 710  # Kinetics-710 head of the released file; present so the loader's head-dropping is exercised
+# The released file carries a Kinetics-710 head; keeping one exercises the loader's head dropping.
+NUM_CLASSES = 710
 SEED = 0
 
 
