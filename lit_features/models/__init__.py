@@ -1,1 +1,1 @@
-"""Plain PyTorch encoder modules used by the extractors (no Lightning dependency)."""
+"""Plain nn.Modules that Hugging Face does not provide: motion autoencoder, lip ResNet-18, VideoMAEv2, video ViT."""
