@@ -8,9 +8,11 @@ so a broken manifest or a mismatched store stops the run before any weights are 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,6 +30,20 @@ log = logging.getLogger(__name__)
 EXTRACTORS: dict[str, type[FeatureExtractor]] = {}
 STAND_IN_MARKER = "tiny_random_stand_in"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load reports (e.g. unused text-tower keys when loading only a vision tower)."""
+    loggers = [logging.getLogger(name) for name in ("transformers", "transformers.modeling_utils")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -129,7 +145,10 @@ class FeatureExtractor(pl.LightningModule):
 
     def fingerprint(self) -> dict[str, Any]:
         """Everything that changes the numbers (not output paths, batch size, workers or devices)."""
-        params = {k: v for k, v in dict(self.hparams).items() if k not in self.fingerprint_exclude}
+        # LightningCLI adds private entries (``_class_path``, ``_instantiator``): not part of the numbers.
+        params = {
+            k: v for k, v in dict(self.hparams).items() if k not in self.fingerprint_exclude and not k.startswith("_")
+        }
         weights = weight_identity(self.model_path) if os.path.exists(self.model_path) else {"hub_id": self.model_path}
         return {
             "extractor": self.extractor_name or type(self).__qualname__,

@@ -22,7 +22,7 @@ from lit_features.data.manifest import IMAGE_EXTENSIONS, Sample
 from lit_features.data.preprocess import MediaLoader, Preprocessor
 from lit_features.data.sampling import FrameSampling
 from lit_features.data.transforms import center_crop, normalize, resize, to_tensor
-from lit_features.extractors.base import FeatureExtractor
+from lit_features.extractors.base import FeatureExtractor, quiet_transformers
 
 
 def snap_size(height: int, width: int, patch: int, rule: Literal["resize", "crop"]) -> tuple[int, int]:
@@ -152,7 +152,11 @@ class VisionTowerFeatures(FeatureExtractor):
         config = AutoConfig.from_pretrained(self.model_path, trust_remote_code=self.trust_remote_code)
         model_type = getattr(config, "model_type", "")
         cls = CLIPVisionModel if model_type.startswith("clip") else SiglipVisionModel
-        return cls.from_pretrained(self.model_path, dtype=self.compute_dtype, trust_remote_code=self.trust_remote_code)
+        # A full two-tower checkpoint has text weights the vision tower does not use: not worth a warning table.
+        with quiet_transformers():
+            return cls.from_pretrained(
+                self.model_path, dtype=self.compute_dtype, trust_remote_code=self.trust_remote_code
+            )
 
     def tower_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """``hidden_states[layer]`` of ``pixels [B, 3, H, W]`` -> ``[B, N, D]`` (CLS dropped for CLIP)."""

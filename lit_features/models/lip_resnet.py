@@ -89,9 +89,7 @@ class ResNet18Trunk(nn.Module):
 
     @staticmethod
     def _stage(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
-        return nn.Sequential(
-            BasicBlock(in_channels, out_channels, stride), BasicBlock(out_channels, out_channels, 1)
-        )
+        return nn.Sequential(BasicBlock(in_channels, out_channels, stride), BasicBlock(out_channels, out_channels, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Maps ``[N, 64, H, W]`` stem features to ``[N, 512]``."""
@@ -206,9 +204,7 @@ def load_lip_frontend(
             f"{path_str}: expected the lip-reading checkpoint dict with a 'model_state_dict' entry "
             f"(or a bare front-end state dict), found {found}"
         )
-    if not isinstance(state_dict, Mapping) or not all(
-        isinstance(v, torch.Tensor) for v in state_dict.values()
-    ):
+    if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise ValueError(f"{path_str}: 'model_state_dict' must map parameter names to tensors")
     kept = {key: value for key, value in state_dict.items() if not any(m in key for m in _HEAD_KEY_MARKERS)}
 
@@ -222,9 +218,7 @@ def load_lip_frontend(
         if tuple(expected[key].shape) != tuple(kept[key].shape)
     ]
     if missing or unexpected or shapes:
-        parts = [
-            f"{path_str}: weights do not match the ResNet-18 lip-reading front end (after dropping tcn keys)"
-        ]
+        parts = [f"{path_str}: weights do not match the ResNet-18 lip-reading front end (after dropping tcn keys)"]
         if missing:
             parts.append(f"missing keys ({len(missing)}): {_format_keys(missing)}")
         if unexpected:
@@ -238,9 +232,7 @@ def load_lip_frontend(
     return model.eval()
 
 
-def preprocess_mouth_frames(
-    frames: np.ndarray | torch.Tensor, source: str | os.PathLike | None = None
-) -> torch.Tensor:
+def preprocess_mouth_frames(frames: np.ndarray | torch.Tensor, source: str | os.PathLike | None = None) -> torch.Tensor:
     """Evaluation-time preprocessing of a grayscale mouth clip: /255, centre crop 88x88, normalise.
 
     Args:

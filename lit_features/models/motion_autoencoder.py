@@ -198,9 +198,7 @@ class MotionFeatureEncoder(nn.Module):
         self.temporal_transformer = _temporal_transformer(
             config.model_dim, config.num_heads, config.num_layers, config.dropout
         )
-        self.latent_proj = nn.Sequential(
-            nn.LayerNorm(config.model_dim), nn.Linear(config.model_dim, config.latent_dim)
-        )
+        self.latent_proj = nn.Sequential(nn.LayerNorm(config.model_dim), nn.Linear(config.model_dim, config.latent_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Encodes ``[B, T, N, C]`` features (shape already checked by the caller)."""
@@ -228,9 +226,7 @@ class MotionFeatureDecoder(nn.Module):
             config.model_dim, config.num_heads, config.num_layers, config.dropout
         )
         self.conv_block = TemporalConvBlock(config.model_dim, kernel_size=3, dropout=config.dropout)
-        self.output_proj = nn.Sequential(
-            nn.LayerNorm(config.model_dim), nn.Linear(config.model_dim, config.input_dim)
-        )
+        self.output_proj = nn.Sequential(nn.LayerNorm(config.model_dim), nn.Linear(config.model_dim, config.input_dim))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Decodes a ``[B, T, N, latent_dim]`` latent."""
@@ -483,9 +479,7 @@ def load_motion_autoencoder(
             f"{{epoch, state_dict, config, mean_loss}} layout), found {found}"
         )
     state_dict, raw_config = checkpoint["state_dict"], checkpoint["config"]
-    if not isinstance(state_dict, Mapping) or not all(
-        isinstance(v, torch.Tensor) for v in state_dict.values()
-    ):
+    if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise ValueError(f"{path_str}: 'state_dict' must map parameter names to tensors")
     if not isinstance(raw_config, Mapping):
         raise ValueError(

@@ -293,9 +293,7 @@ class OneVisionViTAttention(nn.Module):
         angles = freqs.unsqueeze(-2)  # one set of angles shared by all heads
         return apply_rope(q, angles), apply_rope(k, angles), v
 
-    def forward(
-        self, x: torch.Tensor, freqs: torch.Tensor, cu_seqlens: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, freqs: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
         """Attends within each batch row (``x`` ``[B, L, C]``) or, with ``cu_seqlens``, within each
         packed segment (``x`` ``[total, C]``). ``freqs`` has ``x``'s leading shape and head_dim last."""
         q, k, v = self._rotated_qkv(x, freqs)
@@ -335,9 +333,7 @@ class OneVisionViTEncoderLayer(nn.Module):
         self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = OneVisionViTMLP(config)
 
-    def forward(
-        self, x: torch.Tensor, freqs: torch.Tensor, cu_seqlens: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, freqs: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.self_attn(self.layer_norm1(x), freqs, cu_seqlens)
         return x + self.mlp(self.layer_norm2(x))
 
@@ -370,9 +366,7 @@ class OneVisionViTPoolingHead(nn.Module):
     def __init__(self, config: OneVisionViTConfig) -> None:
         super().__init__()
         self.probe = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
-        self.attention = nn.MultiheadAttention(
-            config.hidden_size, config.num_attention_heads, batch_first=True
-        )
+        self.attention = nn.MultiheadAttention(config.hidden_size, config.num_attention_heads, batch_first=True)
         self.norm = nn.RMSNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = OneVisionViTMLP(config)
 
@@ -413,8 +407,7 @@ class OneVisionViTModel(OneVisionViTPreTrainedModel):
         self.head_dim = config.hidden_size // config.num_attention_heads
         if self.head_dim * config.num_attention_heads != config.hidden_size:
             raise ValueError(
-                f"hidden_size {config.hidden_size} is not divisible by num_attention_heads "
-                f"{config.num_attention_heads}"
+                f"hidden_size {config.hidden_size} is not divisible by num_attention_heads {config.num_attention_heads}"
             )
         rope_axis_sizes(self.head_dim)  # fail at construction, not at the first forward
         self.embeddings = OneVisionViTEmbeddings(config)
@@ -464,9 +457,7 @@ class OneVisionViTModel(OneVisionViTPreTrainedModel):
         if pixel_values.dim() == 4:
             pixel_values = pixel_values.unsqueeze(2)
         if pixel_values.dim() != 5:
-            raise ValueError(
-                f"expected pixel_values [B, 3, T, H, W] or [B, 3, H, W], got {tuple(pixel_values.shape)}"
-            )
+            raise ValueError(f"expected pixel_values [B, 3, T, H, W] or [B, 3, H, W], got {tuple(pixel_values.shape)}")
         batch, channels, frames, height, width = pixel_values.shape
         p = self.config.patch_size
         if height % p or width % p:
@@ -478,9 +469,7 @@ class OneVisionViTModel(OneVisionViTPreTrainedModel):
         visible_indices = visible_indices.to(device=device, dtype=torch.long)
         if visible_indices.dim() != 2 or visible_indices.shape[0] != batch:
             raise ValueError(f"visible_indices must be [B={batch}, K], got {tuple(visible_indices.shape)}")
-        if visible_indices.numel() and (
-            int(visible_indices.min()) < 0 or int(visible_indices.max()) >= frames * h * w
-        ):
+        if visible_indices.numel() and (int(visible_indices.min()) < 0 or int(visible_indices.max()) >= frames * h * w):
             raise ValueError(f"visible_indices must lie in [0, {frames}*{h}*{w}) for this input")
 
         t_idx = torch.div(visible_indices, h * w, rounding_mode="floor")
@@ -531,8 +520,7 @@ class OneVisionViTModel(OneVisionViTPreTrainedModel):
         patch_dim = self.config.num_channels * self.config.patch_size**2
         if patches.dim() != 2 or patches.shape != (total, patch_dim):
             raise ValueError(
-                f"patches must be [{total}, {patch_dim}] for grid_thw {grid.tolist()}, "
-                f"got {tuple(patches.shape)}"
+                f"patches must be [{total}, {patch_dim}] for grid_thw {grid.tolist()}, got {tuple(patches.shape)}"
             )
         device = patches.device
         if patch_positions is None:

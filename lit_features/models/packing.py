@@ -69,8 +69,7 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens:
     bounds = [int(b) for b in cu_seqlens.tolist()]
     if len(bounds) < 2 or bounds[0] != 0 or bounds[-1] != q.shape[0]:
         raise ValueError(
-            f"cu_seqlens must start at 0 and end at the packed length {q.shape[0]}; "
-            f"got {bounds[:4]}...{bounds[-2:]}"
+            f"cu_seqlens must start at 0 and end at the packed length {q.shape[0]}; got {bounds[:4]}...{bounds[-2:]}"
         )
     if any(b < a for a, b in pairwise(bounds)):
         raise ValueError("cu_seqlens must be non-decreasing")

@@ -114,26 +114,18 @@ def _save(path: pathlib.Path, state_dict: dict) -> pathlib.Path:
     return path
 
 
-def test_loader_lists_unexpected_missing_and_misshaped_keys(
-    tmp_path: pathlib.Path, model: LipReadingResNet18
-) -> None:
+def test_loader_lists_unexpected_missing_and_misshaped_keys(tmp_path: pathlib.Path, model: LipReadingResNet18) -> None:
     state = dict(model.state_dict())
     path = _save(tmp_path / "extra.pth.tar", {**state, "classifier.weight": torch.zeros(500, 512)})
     with pytest.raises(ValueError, match=r"extra\.pth\.tar.*unexpected keys \(1\): classifier\.weight"):
         load_lip_frontend(path)
 
-    path = _save(
-        tmp_path / "missing.pth.tar", {k: v for k, v in state.items() if k != "trunk.layer4.1.relu2.weight"}
-    )
-    with pytest.raises(
-        ValueError, match=r"missing\.pth\.tar.*missing keys \(1\): trunk\.layer4\.1\.relu2\.weight"
-    ):
+    path = _save(tmp_path / "missing.pth.tar", {k: v for k, v in state.items() if k != "trunk.layer4.1.relu2.weight"})
+    with pytest.raises(ValueError, match=r"missing\.pth\.tar.*missing keys \(1\): trunk\.layer4\.1\.relu2\.weight"):
         load_lip_frontend(path)
 
     path = _save(tmp_path / "shape.pth.tar", {**state, "frontend3D.0.weight": torch.zeros(64, 3, 5, 7, 7)})
-    with pytest.raises(
-        ValueError, match=r"frontend3D\.0\.weight: expected \(64, 1, 5, 7, 7\), got \(64, 3, 5, 7, 7\)"
-    ):
+    with pytest.raises(ValueError, match=r"frontend3D\.0\.weight: expected \(64, 1, 5, 7, 7\), got \(64, 3, 5, 7, 7\)"):
         load_lip_frontend(path)
 
 

@@ -196,9 +196,7 @@ def test_upstream_checkpoint_round_trip(tmp_path: pathlib.Path) -> None:
     path = _save_upstream(tmp_path / "motion_ae_epoch3.pt", original.state_dict(), config)
     loaded = load_motion_autoencoder(path)
     assert not loaded.training
-    assert loaded.config == MotionAutoencoderConfig(
-        **TINY, use_token=False, sequence_grouping="upstream_flat"
-    )
+    assert loaded.config == MotionAutoencoderConfig(**TINY, use_token=False, sequence_grouping="upstream_flat")
     for key, value in original.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[key], value)
     x = torch.randn(1, 4, 2, 3, 32)
@@ -216,17 +214,13 @@ def test_tiny_maker_checkpoint_loads_and_encodes(tmp_path: pathlib.Path) -> None
 
 def test_loader_infers_use_token_and_keeps_explicit_grouping(tmp_path: pathlib.Path) -> None:
     model = MotionFeatureAutoencoder(**TINY, use_token=True)
-    path = _save_upstream(
-        tmp_path / "own.pt", model.state_dict(), {**TINY, "sequence_grouping": "per_position"}
-    )
+    path = _save_upstream(tmp_path / "own.pt", model.state_dict(), {**TINY, "sequence_grouping": "per_position"})
     loaded = load_motion_autoencoder(path)
     assert loaded.config.use_token is True
     assert loaded.config.sequence_grouping == "per_position"
 
 
-def test_loader_is_strict_and_names_file_and_keys(
-    tmp_path: pathlib.Path, model: MotionFeatureAutoencoder
-) -> None:
+def test_loader_is_strict_and_names_file_and_keys(tmp_path: pathlib.Path, model: MotionFeatureAutoencoder) -> None:
     config = {**TINY, "use_token": True}
     extra = {**model.state_dict(), "head.weight": torch.zeros(1)}
     path = _save_upstream(tmp_path / "extra.pt", extra, config)

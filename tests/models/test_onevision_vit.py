@@ -178,9 +178,7 @@ def test_tiny_stand_in_sizes(model, tiny_dir):
     cfg = model.config
     assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.patch_size) == (64, 2, 2, 14)
     assert model.embeddings.patch_embedding.bias is None
-    assert {"head.probe", "layernorm_pre.weight", "encoder.layers.1.self_attn.q_proj.weight"} <= set(
-        model.state_dict()
-    )
+    assert {"head.probe", "layernorm_pre.weight", "encoder.layers.1.self_attn.q_proj.weight"} <= set(model.state_dict())
 
 
 def test_maker_never_overwrites_a_real_checkpoint(tmp_path):

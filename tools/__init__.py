@@ -1,0 +1,1 @@
+"""Developer scripts (never imported by the package): tiny-model maker, benchmarks."""

@@ -1,0 +1,1 @@
+"""Benchmark modules: each exposes ``run(quick: bool) -> dict`` with ``rows`` (table rows) and ``metrics``."""
