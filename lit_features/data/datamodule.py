@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Literal
 
@@ -12,6 +13,8 @@ from lit_features.data.dataset import BatchCollator, SampleDataset
 from lit_features.data.decode_sandbox import DecodeSandbox
 from lit_features.data.manifest import ManifestError, Sample, build_samples, read_iianet_split, read_manifests
 from lit_features.data.preprocess import EntryError, Preprocessor
+
+log = logging.getLogger(__name__)
 
 
 def estimate_cost(sample: Sample) -> float:
@@ -170,6 +173,14 @@ class ManifestDataModule(pl.LightningDataModule):
         preprocessor = self._preprocessor()
         skip, attempt_log = self._writer_state()
         self.dataset = self.build_dataset(preprocessor, skip, attempt_log)
+        if self.trainer is None or self.trainer.global_rank == 0:
+            total = len(self.samples or [])
+            log.info(
+                "%d samples in the manifest, %d already done or settled in the store, %d to process",
+                total,
+                total - len(self.dataset),
+                len(self.dataset),
+            )
         return self.make_loader(self.dataset, preprocessor)
 
     def state_dict(self) -> dict[str, Any]:

@@ -68,8 +68,8 @@ def _decode_decord(path: str, sampling: FrameSampling, cut: list[float] | None) 
         raise DecodeError(f"decord returned {frames.shape[0]} frames, {len(unique)} were asked for")
     lookup = {idx: pos for pos, idx in enumerate(unique)}
     frames = frames[[lookup[i] for i in indices]]
-    rotation = probe_rotation(path)
-    return DecodedVideo(_rotate(frames, rotation), indices, total, fps, padded, "decord", rotation)
+    # decord applies the display-matrix rotation itself (checked against PyAV + rotation in the tests).
+    return DecodedVideo(frames, indices, total, fps, padded, "decord")
 
 
 def _decode_pyav(path: str, sampling: FrameSampling, cut: list[float] | None) -> DecodedVideo:
@@ -124,7 +124,7 @@ def decode_video(
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file: {path}")
-    if os.path.getsize(path) == 0:
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
         raise DecodeError(f"empty file (0 bytes): {path}")
     if backend == "decord":
         return _decode_decord(path, sampling, cut)

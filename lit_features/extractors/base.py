@@ -46,6 +46,15 @@ def quiet_transformers() -> Iterator[None]:
             lg.setLevel(level)
 
 
+def is_about_inputs(error: BaseException) -> bool:
+    """Whether an exception raised during ``extract`` may be blamed on the batch's samples.
+
+    PyTorch reports a dead DataLoader worker by raising from its SIGCHLD handler, i.e. inside whatever the main
+    thread runs at that moment: that says nothing about the samples in the model and must end the run.
+    """
+    return not str(error).startswith("DataLoader worker")
+
+
 class MissingWeightsError(FileNotFoundError):
     """The configured model path does not exist; the message says how to get the weights."""
 
@@ -178,6 +187,8 @@ class FeatureExtractor(pl.LightningModule):
         try:
             outputs = self.extract(batch.inputs, batch)
         except Exception as err:  # a model error costs this batch's samples, recorded; the run goes on
+            if not is_about_inputs(err):
+                raise
             log.exception("model failed on batch %d", batch_idx)
             failures += [
                 Failure(k, s, "model", type(err).__name__, str(err)) for k, s in zip(batch.keys, batch.sources)

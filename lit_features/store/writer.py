@@ -151,6 +151,9 @@ class FeatureWriter(BasePredictionWriter):
         self.counts: Counter[str] = Counter()
         self.seconds_writing = 0.0
         self._started = 0.0
+        self._finished = False
+        self._crashed = False
+        self.summary: dict[str, Any] = {}
 
     # -- set-up ------------------------------------------------------------------------------------------------
     def _store_root(self, name: str) -> Path:
@@ -193,6 +196,8 @@ class FeatureWriter(BasePredictionWriter):
         self._thread = threading.Thread(target=self._drain, name="feature-writer", daemon=True)
         self._thread.start()
         self._started = time.monotonic()
+        self._finished = False
+        self._crashed = False
 
     def _open_rank_files(self) -> None:
         for name, store in self.stores.items():
@@ -331,6 +336,10 @@ class FeatureWriter(BasePredictionWriter):
 
     # -- end of run
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._finish(trainer)
+
+    def _finish(self, trainer: pl.Trainer) -> None:
+        """Drain the writer, then (after a barrier) let rank 0 merge the per-rank logs."""
         self._stop_thread()
         self._raise_if_failed()
         elapsed = time.monotonic() - self._started
@@ -347,13 +356,20 @@ class FeatureWriter(BasePredictionWriter):
             for store in self.stores.values():
                 merge_store_logs(store.root)
             log.info("feature store %s: %s", self.output_dir, self.summary)
+        self._finished = True
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         # Persist what was already computed before the run goes down.
+        self._crashed = True
         self._stop_thread()
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self._thread is not None:
+        if stage != "predict":
+            return
+        if not self._finished and not self._crashed and self._queue is not None:
+            # Lightning skips the predict loop (and on_predict_end) when nothing is left to do: still merge.
+            self._finish(trainer)
+        elif self._thread is not None:
             self._stop_thread()
 
 
