@@ -7,7 +7,6 @@ import os
 import shutil
 from pathlib import Path
 
-import pytest
 import torch
 
 from lit_features.store import FeatureStore
