@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="pretrained_model", help="folder that receives the stand-ins")
     parser.add_argument("--only", nargs="*", default=None, help=f"subset of makers: {', '.join(available_makers())}")
+    parser.add_argument(
+        "--keep-real", action="store_true", help="skip (instead of failing on) targets that hold real weights"
+    )
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -40,7 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         started = time.perf_counter()
         module = importlib.import_module(f"tools.tiny_models.{name}")
-        written = module.make(out)
+        try:
+            written = module.make(out)
+        except FileExistsError as err:  # real weights are there: never touched
+            if not args.keep_real:
+                print(f"error: {err}", file=sys.stderr)
+                return 2
+            print(f"{name:20s} kept existing weights ({err})")
+            continue
         for path in written:
             print(f"{name:20s} {path}  ({time.perf_counter() - started:.1f} s)")
     return 0

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up, lint, and run the whole test suite on CPU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tools/setup.sh
+.venv/bin/ruff format --check .
+.venv/bin/ruff check .
+WANDB_MODE=offline .venv/bin/python -m pytest -q --durations=15 "$@"
