@@ -98,11 +98,21 @@ def run(quick: bool = False) -> dict[str, Any]:
         naive_wall = _naive(extractor, data.read_samples(), tmp / "naive")
 
     rows = [
-        {"variant": "pipeline (predict + writer)", "samples": n, "wall_s": pipeline_wall, "samples_per_s": n / pipeline_wall},
+        {
+            "variant": "pipeline (predict + writer)",
+            "samples": n,
+            "wall_s": pipeline_wall,
+            "samples_per_s": n / pipeline_wall,
+        },
         {"variant": "decode only (DataLoader)", "samples": n, "wall_s": decode_wall, "samples_per_s": n / decode_wall},
-        {"variant": "model only (decoded batches)", "samples": n, "wall_s": model_wall, "samples_per_s": n / model_wall},
+        {
+            "variant": "model only (decoded batches)",
+            "samples": n,
+            "wall_s": model_wall,
+            "samples_per_s": n / model_wall,
+        },
         {"variant": "naive sequential loop", "samples": n, "wall_s": naive_wall, "samples_per_s": n / naive_wall},
-    ]  # fmt: skip
+    ]
     metrics = {
         "pipeline_vs_naive": naive_wall / pipeline_wall,
         "overlap_ratio": pipeline_wall / max(decode_wall, model_wall),
