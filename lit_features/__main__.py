@@ -39,6 +39,7 @@ def expand_bare_flags(function, args: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Dispatch to a plain command or to the LightningCLI; returns the process exit code."""
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("lit_features").setLevel(logging.INFO)
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         return result if isinstance(result, int) else 0
     from lit_features.cli import run_cli
 
-    run_cli(argv)
+    run_cli(None if from_command_line else argv)  # LightningCLI reads sys.argv itself when run from a shell
     return 0
 
 

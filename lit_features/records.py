@@ -49,3 +49,6 @@ class PredictionOutput:
 
     records: list[FeatureRecord]
     failures: list[Failure]
+    model_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    transform_seconds: float = 0.0

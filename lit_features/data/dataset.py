@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,8 @@ class Batch:
     metas: list[dict[str, Any]]
     inputs: Any
     failures: list[Failure]
+    decode_seconds: float = 0.0  # worker time spent decoding this batch's samples
+    transform_seconds: float = 0.0  # worker time spent in the preprocessor outside decoding
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -82,6 +85,7 @@ class SampleDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]
         self.attempts.mark(sample.key, "start")
+        started, decode_before = time.perf_counter(), self.media.seconds
         try:
             out = self.preprocessor(sample, self.media)
             prepared = out if isinstance(out, Prepared) else Prepared(out)
@@ -98,6 +102,8 @@ class SampleDataset(Dataset):
                 "failure": Failure(sample.key, sample.source, "transform", type(err).__name__, message),
             }
         self.attempts.mark(sample.key, "end")
+        item["decode_s"] = self.media.seconds - decode_before
+        item["transform_s"] = time.perf_counter() - started - item["decode_s"]
         return item
 
 
@@ -118,4 +124,6 @@ class BatchCollator:
             metas=metas,
             inputs=inputs,
             failures=failures,
+            decode_seconds=sum(i["decode_s"] for i in items),
+            transform_seconds=sum(i["transform_s"] for i in items),
         )

@@ -8,6 +8,7 @@ all media I/O (sandboxed decoding). Preprocessors never hold model weights.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
 import torch
@@ -40,14 +41,18 @@ class MediaLoader:
     def __init__(self, sandbox: DecodeSandbox, video_backend: str = "auto"):
         self.sandbox = sandbox
         self.video_backend = video_backend
+        self.seconds = 0.0  # time spent waiting on the decoder, for run summaries
 
     def _call(self, function: str, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
         try:
             return self.sandbox.call(function, *args, **kwargs)
         except RemoteError as err:
             raise SampleFailure("decode", err.type_name, str(err)) from None
         except (DecodeTimeout, DecoderCrashed) as err:
             raise SampleFailure("decode", type(err).__name__, str(err)) from None
+        finally:
+            self.seconds += time.perf_counter() - started
 
     def video(self, path: str, sampling: FrameSampling, cut: list[float] | None = None) -> DecodedVideo:
         return self._call("video", path, sampling, cut, self.video_backend)

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -181,6 +182,14 @@ class FeatureExtractor(pl.LightningModule):
         return {k: v for k, v in batch.metas[index].items() if k != "entry"}
 
     def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> PredictionOutput:
+        started = time.perf_counter()
+        output = self._predict(batch, batch_idx)
+        output.model_seconds = time.perf_counter() - started
+        output.decode_seconds = getattr(batch, "decode_seconds", 0.0)
+        output.transform_seconds = getattr(batch, "transform_seconds", 0.0)
+        return output
+
+    def _predict(self, batch: Batch, batch_idx: int) -> PredictionOutput:
         failures = list(batch.failures)
         if len(batch) == 0:
             return PredictionOutput([], failures)

@@ -149,6 +149,9 @@ class FeatureWriter(BasePredictionWriter):
         self._index_fh: dict[str, Any] = {}
         self._failure_fh: dict[str, Any] = {}
         self.counts: Counter[str] = Counter()
+        self.timing: Counter[str] = Counter()
+        self.run_failures: list[dict[str, Any]] = []
+        self.skipped = 0
         self.seconds_writing = 0.0
         self._started = 0.0
         self._finished = False
@@ -184,6 +187,7 @@ class FeatureWriter(BasePredictionWriter):
         if self.rank == 0:
             for store in self.stores.values():
                 store.prepare(self.overwrite, self.world_size)
+            shutil.rmtree(self._summary_dir(), ignore_errors=True)  # per-rank summaries of this run only
         trainer.strategy.barrier("lit_features_store_ready")
         for store in self.stores.values():
             store.load_state(self.max_attempts)
@@ -191,6 +195,9 @@ class FeatureWriter(BasePredictionWriter):
         if self.rank == 0:
             self._record_poisoned()
         self.counts = Counter()
+        self.timing = Counter()
+        self.run_failures = []
+        self.skipped = len(self.skip_keys())
         self._error = None
         self._queue = queue.Queue(maxsize=self.queue_size)
         self._thread = threading.Thread(target=self._drain, name="feature-writer", daemon=True)
@@ -198,6 +205,10 @@ class FeatureWriter(BasePredictionWriter):
         self._started = time.monotonic()
         self._finished = False
         self._crashed = False
+
+    def _summary_dir(self) -> Path:
+        first = next(iter(self.stores.values()))
+        return first.root / "run_summary"
 
     def _open_rank_files(self) -> None:
         for name, store in self.stores.items():
@@ -246,6 +257,9 @@ class FeatureWriter(BasePredictionWriter):
             return
         if not isinstance(prediction, PredictionOutput):
             raise TypeError(f"predict_step must return a PredictionOutput, got {type(prediction).__name__}")
+        self.timing["model_s"] += prediction.model_seconds
+        self.timing["decode_s"] += prediction.decode_seconds
+        self.timing["transform_s"] += prediction.transform_seconds
         for record in prediction.records:  # leave the device here so the thread only touches host memory
             record.tensors = {k: v.detach().to("cpu") for k, v in record.tensors.items()}
         assert self._queue is not None
@@ -316,6 +330,9 @@ class FeatureWriter(BasePredictionWriter):
                     for name in self.stores:
                         failures[name].append(self._failure_row(failure))
                 for name in self.stores:
+                    if len(self.run_failures) < 1000:  # a sample for the run summary, not the record
+                        self.run_failures.extend(failures[name][: 1000 - len(self.run_failures)])
+                for name in self.stores:
                     self._append(self._index_fh[name], rows[name])
                     self._append(self._failure_fh[name], failures[name])
                     self.stores[name].done.update(r["key"] for r in rows[name])
@@ -347,15 +364,26 @@ class FeatureWriter(BasePredictionWriter):
             "rank": self.rank,
             "written": self.counts["written"],
             "failed": self.counts["failed"],
+            "skipped": self.skipped,
             "seconds": elapsed,
             "samples_per_s": self.counts["written"] / elapsed if elapsed > 0 else 0.0,
             "seconds_writing": self.seconds_writing,
+            **{f"seconds_{k.removesuffix('_s')}": v for k, v in self.timing.items()},
+            "failures": self.run_failures,
         }
+        summary_dir = self._summary_dir()
+        layout.atomic_write_text(summary_dir / f"rank-{self.rank}.json", json.dumps(self.summary, default=str))
         trainer.strategy.barrier("lit_features_store_merge")
         if self.rank == 0:
             for store in self.stores.values():
                 merge_store_logs(store.root)
-            log.info("feature store %s: %s", self.output_dir, self.summary)
+            run = reduce_run_summaries(summary_dir)
+            layout.atomic_write_text(self._summary_dir().parent / "run_summary.json", json.dumps(run, indent=2))
+            log_run_summary(trainer, run)
+            log.info(
+                "feature store %s: written %d, failed %d, skipped %d (already done), %.2f samples/s",
+                self.output_dir, run["written"], run["failed"], run["skipped"], run["samples_per_s"],
+            )  # fmt: skip
         self._finished = True
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
@@ -392,6 +420,43 @@ def merge_store_logs(root: Path) -> dict[str, int]:
         root / layout.MERGED_FAILURES, "".join(json.dumps(failures[k]) + "\n" for k in sorted(failures))
     )
     return {"written": len(index), "failed": len(failures)}
+
+
+def reduce_run_summaries(folder: Path) -> dict[str, Any]:
+    """Combine the per-rank summaries of one run (files, not collectives: ranks may have run different batches)."""
+    ranks = [json.loads(p.read_text()) for p in sorted(folder.glob("rank-*.json"))]
+    seconds = max((r["seconds"] for r in ranks), default=0.0)
+    written = sum(r["written"] for r in ranks)
+    timing = {
+        k: sum(r.get(k, 0.0) for r in ranks)
+        for k in ("seconds_decode", "seconds_transform", "seconds_model", "seconds_writing")
+    }
+    return {
+        "ranks": len(ranks),
+        "written": written,
+        "failed": sum(r["failed"] for r in ranks),
+        "skipped": ranks[0]["skipped"] if ranks else 0,
+        "seconds": seconds,
+        "samples_per_s": written / seconds if seconds > 0 else 0.0,
+        "samples_per_s_per_rank": [r["samples_per_s"] for r in ranks],
+        **timing,
+        "failures": [f for r in ranks for f in r.get("failures", [])],
+    }
+
+
+def log_run_summary(trainer: pl.Trainer, run: dict[str, Any]) -> None:
+    """Send a run summary to the trainer's loggers (W&B gets a failures table and its run summary too)."""
+    numbers = {f"predict/{k}": v for k, v in run.items() if isinstance(v, (int, float))}
+    for i, rate in enumerate(run["samples_per_s_per_rank"]):
+        numbers[f"predict/samples_per_s_rank{i}"] = rate
+    for logger in trainer.loggers:
+        logger.log_metrics(numbers, step=0)
+        if type(logger).__name__ == "WandbLogger":
+            columns = ["key", "source", "stage", "error", "message"]
+            rows = [[str(f.get(c, "")) for c in columns] for f in run["failures"]]
+            logger.log_table(key="predict/failures", columns=columns, data=rows)
+            logger.experiment.summary.update(numbers)
+        logger.save()
 
 
 def tensor_nbytes(tensors: dict[str, torch.Tensor]) -> int:
