@@ -149,7 +149,7 @@ class ManifestDataModule(pl.LightningDataModule):
         attempt_log = None
         for callback in self.trainer.callbacks if self.trainer is not None else []:
             if hasattr(callback, "skip_keys"):
-                skip |= callback.skip_keys()
+                skip |= callback.skip_keys(self.samples)
                 attempt_log = callback.attempt_log_path()
         return skip, attempt_log
 

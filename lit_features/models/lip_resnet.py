@@ -7,13 +7,14 @@ A grayscale clip ``[B, 1, T, 88, 88]`` becomes ``[B, 512, T]``; time is never st
 
 Parameter names match the released ``lrw_resnet18_mstcn_adamw_s3.pth.tar`` so its ``model_state_dict`` loads
 strictly once the temporal-convolution head (every key containing ``"tcn"``) is dropped; see
-:func:`load_lip_frontend`. :func:`preprocess_mouth_frames` applies the evaluation-time normalisation.
+:func:`load_lip_frontend`. :func:`preprocess_mouth_frames` applies the evaluation-time normalisation and
+:func:`embed_mouth_clips` is the one way clips are embedded, for precompute and training fallback alike.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -270,3 +271,21 @@ def preprocess_mouth_frames(frames: np.ndarray | torch.Tensor, source: str | os.
     top, left = (h - size) // 2, (w - size) // 2
     crop = tensor[:, top : top + size, left : left + size].to(torch.float32) / 255.0
     return ((crop - MOUTH_MEAN) / MOUTH_STD).unsqueeze(0)
+
+
+def embed_mouth_clips(model: LipReadingResNet18, clips: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Embeds preprocessed clips one forward each: ``[1, T_i, 88, 88]`` -> ``[512, T_i]``.
+
+    One clip per forward keeps a clip's embedding independent of which clips share its batch (and of their
+    lengths), so features precomputed in one batching equal those computed on the fly in another, exactly.
+    The trunk still sees all T frames of a clip at once.
+
+    Args:
+        model: The front end (eval mode for features; see :func:`load_lip_frontend`).
+        clips: Clips from :func:`preprocess_mouth_frames`, or a ``[B, 1, T, 88, 88]`` tensor.
+
+    Returns:
+        One ``[512, T_i]`` tensor per clip, in the model's dtype and on its device.
+    """
+    param = next(model.parameters())
+    return [model(clip.to(param.device, param.dtype).unsqueeze(0))[0] for clip in clips]

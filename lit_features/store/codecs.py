@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -88,4 +90,73 @@ def decode(path: str, codec: str | None = None) -> tuple[dict[str, torch.Tensor]
                 else:
                     tensors[k] = torch.from_numpy(arr)
             return tensors, meta
+    raise ValueError(f"unknown codec {codec!r}")
+
+
+# safetensors header dtype names -> torch names, as the writer's index rows spell them
+_SAFETENSORS_DTYPES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
+
+
+def _npy_header(member: Any) -> tuple[list[int], str]:
+    version = np.lib.format.read_magic(member)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read_header(member)
+    return list(shape), str(dtype)
+
+
+def probe(path: str | os.PathLike, codec: str) -> dict[str, tuple[list[int], str]] | None:
+    """Shapes and dtypes of a sample file's tensors, or ``None`` when it is missing, partial or unreadable.
+
+    Cheap (headers only, no tensor data is read): it tells a complete file from one cut short by a writer
+    that did not write atomically (e.g. ``np.savez_compressed`` straight onto the final name). Zip-based
+    files (``.npz``, ``.pt``) keep their directory at the end, so a truncated one does not open; a
+    safetensors file must be exactly as long as its header says.
+    """
+    path = os.fspath(path)
+    try:
+        if not os.path.isfile(path):
+            return None
+        if codec in ("npz", "npz_compressed"):
+            out = {}
+            with zipfile.ZipFile(path) as archive:
+                for info in archive.infolist():
+                    if info.filename.endswith(".npy"):
+                        with archive.open(info) as member:
+                            shape, dtype = _npy_header(member)
+                        if not dtype.startswith(("<U", ">U", "|S", "<S", ">S")):
+                            out[info.filename[: -len(".npy")]] = (shape, dtype)
+            return out or None
+        if codec == "safetensors":
+            with open(path, "rb") as fh:
+                size = int.from_bytes(fh.read(8), "little")
+                header = json.loads(fh.read(size))
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+            if os.path.getsize(path) != 8 + size + end:
+                return None
+            return {
+                k: (list(v["shape"]), _SAFETENSORS_DTYPES.get(v["dtype"], v["dtype"].lower()))
+                for k, v in header.items()
+                if k != "__metadata__"
+            }
+        if codec in ("pt", "pt_bare"):
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # maps, reads no data
+            tensors = {"tensor": obj} if isinstance(obj, torch.Tensor) else obj
+            return {
+                k: (list(v.shape), str(v.dtype).removeprefix("torch."))
+                for k, v in tensors.items()
+                if isinstance(v, torch.Tensor)
+            } or None
+    except Exception:  # any reading problem means "not a complete sample file"
+        return None
     raise ValueError(f"unknown codec {codec!r}")

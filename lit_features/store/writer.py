@@ -15,6 +15,7 @@ import shutil
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -26,7 +27,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lit_features import __version__
 from lit_features.records import Failure, FeatureRecord, PredictionOutput
 from lit_features.store import layout
-from lit_features.store.codecs import EXTENSIONS, encode
+from lit_features.store.codecs import EXTENSIONS, encode, probe
 from lit_features.store.fingerprint import describe_difference, fingerprint_hash
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,10 @@ class FeatureWriter(BasePredictionWriter):
             is recorded as failed instead of being retried forever.
         queue_size: batches waiting for the writer thread before the model waits for the disk.
         fsync: flush sample files to stable storage before renaming them into place.
+        skip_existing: also count a sample as done when its file is already at its destination and reads as
+            complete (headers checked, so a file cut short is redone), and record it in the index as adopted.
+            For files made outside this store, e.g. by an earlier tool writing beside the sources. Ignored
+            with ``overwrite``; needs a ``path_template`` without ``{name}``.
     """
 
     def __init__(
@@ -130,8 +135,11 @@ class FeatureWriter(BasePredictionWriter):
         max_attempts: int = 3,
         queue_size: int = 8,
         fsync: bool = True,
+        skip_existing: bool = False,
     ):
         super().__init__(write_interval="batch")
+        if skip_existing and "{name}" in path_template:
+            raise ValueError("writer.skip_existing needs a path_template without {name} (one file per sample)")
         self.output_dir = Path(output_dir)
         self.codec = codec
         self.path_template = path_template
@@ -140,6 +148,7 @@ class FeatureWriter(BasePredictionWriter):
         self.max_attempts = max_attempts
         self.queue_size = queue_size
         self.fsync = fsync
+        self.skip_existing = skip_existing
         self.stores: dict[str, _SubStore] = {}
         self.rank = 0
         self.world_size = 1
@@ -227,15 +236,51 @@ class FeatureWriter(BasePredictionWriter):
                 store.failed.add(key)
             store.poisoned = {}
 
-    def skip_keys(self) -> set[str]:
-        """Keys the DataModule must not schedule: done (and failed, unless ``retry_failed``) in every store."""
+    def skip_keys(self, samples: Sequence[Any] | None = None) -> set[str]:
+        """Keys the DataModule must not schedule: done (and failed, unless ``retry_failed``) in every store.
+
+        Args:
+            samples: the run's samples (objects with ``key`` and ``source``); with ``skip_existing``, those
+                whose destination file already holds a complete sample are adopted as done.
+        """
         sets = []
-        for store in self.stores.values():
+        for name, store in self.stores.items():
             skip = set(store.done) | set(store.poisoned)
             if not self.retry_failed:
                 skip |= store.failed
+            if self.skip_existing and not self.overwrite and samples:
+                skip |= self._adopt_existing(name, store, [s for s in samples if s.key not in skip])
             sets.append(skip)
         return set.intersection(*sets) if sets else set()
+
+    def _adopt_existing(self, name: str, store: _SubStore, samples: Sequence[Any]) -> set[str]:
+        """Keys of ``samples`` whose file is already complete at its destination; rank 0 indexes them."""
+        ext = EXTENSIONS[self.codec]
+        rows = []
+        for sample in samples:
+            path = layout.resolve_sample_path(store.root, self.path_template, sample.key, sample.source, ext)
+            found = probe(path, self.codec)
+            if found is None:
+                continue
+            inside = path.resolve().is_relative_to(store.root.resolve())
+            rows.append(
+                {
+                    "key": sample.key,
+                    "file": str(path.relative_to(store.root)) if inside else str(path),
+                    "source": sample.source,
+                    "shapes": {k: shape for k, (shape, _) in found.items()},
+                    "dtypes": {k: dtype for k, (_, dtype) in found.items()},
+                    "bytes": path.stat().st_size,
+                    "meta": {},
+                    "adopted": True,
+                }
+            )
+        keys = {r["key"] for r in rows}
+        store.done |= keys
+        if rows and self.rank == 0:  # every rank finds the same files; one of them records them
+            self._append(self._index_fh[name], rows)
+            log.info("%s: %d samples already at their destination counted as done", store.root, len(rows))
+        return keys
 
     def attempt_log_path(self) -> str | None:
         first = next(iter(self.stores.values()), None)

@@ -1,0 +1,1 @@
+"""Training-side readers of precomputed features (datasets and small modules that consume a feature store)."""
