@@ -313,7 +313,7 @@ class FeatureWriter(BasePredictionWriter):
                         fail = Failure(record.key, record.source, "write", type(err).__name__, str(err))
                         failures[record.store].append(self._failure_row(fail))
                 for failure in item.failures:
-                    for name in self.stores:
+                    for name in self.stores if failure.store is None else [failure.store]:
                         failures[name].append(self._failure_row(failure))
                 for name in self.stores:
                     self._append(self._index_fh[name], rows[name])
