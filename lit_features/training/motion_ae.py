@@ -157,6 +157,13 @@ class MotionAutoencoderModule(pl.LightningModule):
             log_histogram(self.logger, "val/latent_histogram", self._latent_sample, self.global_step)
             self._latent_sample = None
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Per-epoch validation metrics travel with the weights (learning curves without the logger's files).
+        checkpoint["val_history"] = list(self.val_history)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.val_history = list(checkpoint.get("val_history", []))
+
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         if self.hparams.lr_schedule == "constant":

@@ -16,6 +16,9 @@ import shutil
 import torch
 
 MARKER = "tiny_random_stand_in"
+# Ten times the usual init scale: attention is then far from uniform, so a token given the wrong position (or a
+# wrongly resized position table) changes the features measurably and the tests can tell.
+INIT_STD = 0.2
 IMAGENET = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
 
 
@@ -55,6 +58,7 @@ def make_videomae(out_root: pathlib.Path) -> pathlib.Path:
         num_frames=16,
         image_size=224,
         use_mean_pooling=False,  # as videomae-base: VideoMAEModel then ends with a layernorm
+        initializer_range=INIT_STD,
         decoder_hidden_size=32,
         decoder_num_hidden_layers=1,
         decoder_num_attention_heads=2,
@@ -69,7 +73,14 @@ def make_dinov2(out_root: pathlib.Path) -> pathlib.Path:
 
     target = pathlib.Path(out_root) / "dinov2-base"
     _guard(target)
-    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, patch_size=14, image_size=518)
+    config = Dinov2Config(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        patch_size=14,
+        image_size=518,
+        initializer_range=INIT_STD,
+    )
     torch.manual_seed(11)
     return _save(Dinov2Model(config), target, {"size": {"shortest_edge": 256}, "crop_size": [224, 224]})
 
@@ -91,6 +102,7 @@ def make_vjepa2(out_root: pathlib.Path) -> pathlib.Path:
         pred_num_hidden_layers=1,
         pred_num_attention_heads=2,
         num_pooler_layers=1,
+        initializer_range=INIT_STD,
     )
     torch.manual_seed(12)
     return _save(VJEPA2Model(config), target, {"crop_size": 256})
