@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-
 from lit_features.data.datamodule import ManifestDataModule
 from lit_features.data.dataset import Prepared
 from lit_features.data.manifest import Sample
@@ -162,10 +160,3 @@ class FeatureStoreDataModule(ManifestDataModule):
             entry: dict[str, Any] = {"path": path, "store": root, "key": key, "meta": store.meta(key)}
             samples.append(Sample(key=key, source=path, entry=entry, manifest=str(store.root), index=i))
         return samples
-
-
-def stack_or_list(items: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
-    """Stack equal-shape tensors; keep a list otherwise."""
-    if all(t.shape == items[0].shape for t in items):
-        return torch.stack(items)
-    return items

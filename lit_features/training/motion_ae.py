@@ -22,7 +22,6 @@ import torchmetrics
 from torch.utils.data import DataLoader, Dataset
 
 from lit_features.models.motion_autoencoder import (
-    SEQUENCE_GROUPINGS,
     MotionAutoencoderConfig,
     MotionFeatureAutoencoder,
     load_motion_autoencoder,
@@ -315,13 +314,13 @@ def load_motion_checkpoint(
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=not allow_pickle, mmap=True)
     except Exception:
-        checkpoint = None  # not a Lightning checkpoint readable this way; the upstream loader explains
+        # Not readable as a plain weights-only file (an upstream checkpoint may hold pathlib objects): the
+        # upstream loader allows those, and its error says what is wrong with the file otherwise.
+        checkpoint = None
     if not isinstance(checkpoint, Mapping) or "hyper_parameters" not in checkpoint:
         return load_motion_autoencoder(path, map_location=map_location, allow_pickle=allow_pickle)
     hparams = dict(checkpoint["hyper_parameters"])
     config = MotionAutoencoderConfig.from_dict(hparams)
-    if config.sequence_grouping not in SEQUENCE_GROUPINGS:  # pragma: no cover - validated by the config
-        raise ValueError(f"{path}: unknown sequence_grouping {config.sequence_grouping!r}")
     state = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     model = MotionFeatureAutoencoder.from_config(config)
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -332,8 +331,3 @@ def load_motion_checkpoint(
         )
     model.checkpoint_path = path
     return model.eval()
-
-
-def read_motion_config(path: str | os.PathLike) -> MotionAutoencoderConfig:
-    """The model config of a ``fit`` or upstream checkpoint (loads the small checkpoint)."""
-    return load_motion_checkpoint(path).config
