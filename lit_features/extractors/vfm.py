@@ -129,7 +129,6 @@ class VFMFeatures(FeatureExtractor):
     """
 
     model_label: ClassVar[str] = ""
-    temporal_stride: ClassVar[int] = 1
 
     def __init__(
         self,
