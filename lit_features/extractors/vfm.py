@@ -44,7 +44,7 @@ from lit_features.data.manifest import IMAGE_EXTENSIONS, Sample
 from lit_features.data.preprocess import EntryError, MediaLoader, Preprocessor
 from lit_features.data.sampling import FrameSampling
 from lit_features.data.transforms import NORMALIZATION_PRESETS, normalize, resize, to_tensor
-from lit_features.extractors.base import FeatureExtractor, MissingWeightsError, quiet_transformers
+from lit_features.extractors.base import FeatureExtractor, MissingWeightsError, is_about_inputs, quiet_transformers
 from lit_features.records import Failure, FeatureRecord, PredictionOutput
 
 log = logging.getLogger(__name__)
@@ -676,6 +676,8 @@ class MultiVFMFeatures(FeatureExtractor):
             try:
                 feats = member.features(batch.inputs)
             except Exception as err:  # this model loses these samples; the other models keep theirs
+                if not is_about_inputs(err):
+                    raise
                 log.exception("%s failed on batch %d", name, batch_idx)
                 failures += [
                     Failure(k, s, "model", type(err).__name__, str(err), store=name)
