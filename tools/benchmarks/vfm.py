@@ -52,33 +52,45 @@ def run(quick: bool = False) -> dict[str, Any]:
         manifest = tmp_path / "videos.json"
         manifest.write_text(json.dumps([{"path": str(ROOT / "samples" / "media" / v), "cap": v} for v in videos]))
         common = ["--data.manifest", str(manifest)]
-        multi = _predict(
-            [
-                "--config",
-                str(ROOT / "configs" / "vfm_multi.yaml"),
-                "--model.models",
-                json.dumps(names),
-                "--model.model_root",
-                str(weights),
-                "--writer.output_dir",
-                str(tmp_path / "multi"),
-                *common,
-            ]
-        )
-        separate = {}
-        for name in names:
-            config, path = MODELS[name]
-            separate[name] = _predict(
-                [
-                    "--config",
-                    str(ROOT / "configs" / config),
-                    "--model.model_path",
-                    str(weights / path),
-                    "--writer.output_dir",
-                    str(tmp_path / "single" / name),
-                    *common,
-                ]
+        # Imports (transformers model modules, the CLI) are paid once, before any timing.
+        import transformers  # noqa: F401
+        from transformers import Dinov2Model, VideoMAEModel, VJEPA2Model  # noqa: F401
+
+        import lit_features.cli  # noqa: F401
+
+        multi_times: list[float] = []
+        separate: dict[str, float] = {}
+        for repeat in range(1 if quick else 2):  # best of the repeats: shared machines are noisy
+            multi_times.append(
+                _predict(
+                    [
+                        "--config",
+                        str(ROOT / "configs" / "vfm_multi.yaml"),
+                        "--model.models",
+                        json.dumps(names),
+                        "--model.model_root",
+                        str(weights),
+                        "--writer.output_dir",
+                        str(tmp_path / f"multi{repeat}"),
+                        *common,
+                    ]
+                )
             )
+            for name in names:
+                config, path = MODELS[name]
+                seconds = _predict(
+                    [
+                        "--config",
+                        str(ROOT / "configs" / config),
+                        "--model.model_path",
+                        str(weights / path),
+                        "--writer.output_dir",
+                        str(tmp_path / f"single{repeat}" / name),
+                        *common,
+                    ]
+                )
+                separate[name] = min(seconds, separate.get(name, seconds))
+    multi = min(multi_times)
     total = sum(separate.values())
     rows = [
         {
