@@ -10,13 +10,18 @@ import torch
 
 @dataclass
 class Failure:
-    """A sample that failed at ``stage`` (``decode``, ``transform``, ``model`` or ``write``)."""
+    """A sample that failed at ``stage`` (``decode``, ``transform``, ``model`` or ``write``).
+
+    ``store`` names the one sub-store the failure belongs to (e.g. one model of several over one decode);
+    ``None`` records it in every store of the run.
+    """
 
     key: str
     source: str | None
     stage: str
     error: str
     message: str
+    store: str | None = None
 
     def as_row(self) -> dict[str, Any]:
         return {

@@ -372,7 +372,7 @@ class FeatureWriter(BasePredictionWriter):
                         fail = Failure(record.key, record.source, "write", type(err).__name__, str(err))
                         failures[record.store].append(self._failure_row(fail))
                 for failure in item.failures:
-                    for name in self.stores:
+                    for name in self.stores if failure.store is None else [failure.store]:
                         failures[name].append(self._failure_row(failure))
                 for name in self.stores:
                     if len(self.run_failures) < 1000:  # a sample for the run summary, not the record

@@ -1,1 +1,1 @@
-"""Training-side readers of precomputed features (datasets and small modules that consume a feature store)."""
+"""Training side: readers and datasets over feature stores, and modules trained on stored features."""

@@ -33,7 +33,7 @@ def _is_stand_in(path: pathlib.Path) -> bool:
 
 
 def make(out_root: pathlib.Path) -> list[pathlib.Path]:
-    """Writes ``out_root/vit_b_k710_dl_from_giant.pth`` and returns its path in a list.
+    """Writes ``out_root/vit_b_k710_dl_from_giant.pth`` and its ``.stand_in`` marker; returns both paths.
 
     Re-running replaces an earlier stand-in; a file without the stand-in marker (a real checkpoint) is
     never overwritten.
@@ -67,4 +67,7 @@ def make(out_root: pathlib.Path) -> list[pathlib.Path]:
     tmp = target.with_name(target.name + ".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, target)
-    return [target]
+    # Extractors tell a stand-in checkpoint file by this sibling (without reading the checkpoint).
+    marker = target.with_name(target.name + ".stand_in")
+    marker.write_text("tiny random stand-in weights: features made with them are meaningless\n")
+    return [target, marker]

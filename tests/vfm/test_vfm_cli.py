@@ -1,0 +1,139 @@
+"""VFM configs through the real entry point: shipped configs parse, one-decode multi-model runs, upstream layout."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lit_features.cli import run_cli as lightning_cli
+from lit_features.extractors.vfm import VideoMAEv2Features, VJEPA2Features
+from lit_features.store.fingerprint import fingerprint_hash
+from lit_features.store.reader import FeatureStore
+from tests.conftest import REPO_ROOT
+
+CONFIGS = {
+    "vfm_videomae.yaml": "predict",
+    "vfm_videomaev2.yaml": "predict",
+    "vfm_dinov2.yaml": "predict",
+    "vfm_vjepa2.yaml": "predict",
+    "vfm_multi.yaml": "predict",
+    "motion_encode.yaml": "predict",
+    "motion_ae.yaml": "fit",
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setattr(sys, "argv", ["lit_features"])  # LightningCLI gets its arguments as a list here
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_shipped_config_parses(name):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
+        lightning_cli([CONFIGS[name], "--config", str(REPO_ROOT / "configs" / name), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    assert "class_path: lit_features." in out.getvalue()
+
+
+def predict(*args: str) -> None:
+    lightning_cli(["predict", *args, "--trainer.enable_progress_bar", "false", "--data.num_workers", "0"])
+
+
+@pytest.fixture()
+def manifest(tmp_path, media) -> Path:
+    entries = [
+        {"path": str(media / "v_GGSY1Qvo990.mp4"), "cap": "People play a game outdoors."},
+        {"path": str(media / "realshort.mp4"), "cap": "A very short clip."},
+        {"path": str(tmp_path / "broken.mp4"), "cap": "Not a video."},
+    ]
+    (tmp_path / "broken.mp4").write_bytes(b"this is not an mp4 file" * 10)
+    file = tmp_path / "videos.json"
+    file.write_text(json.dumps(entries))
+    return file
+
+
+def test_several_models_over_one_decode(tiny_models, manifest, tmp_path, caplog):
+    out = tmp_path / "vfm"
+    predict(
+        "--config",
+        str(REPO_ROOT / "configs" / "vfm_multi.yaml"),
+        "--model.models",
+        "[VideoMAEv2, VJEPA2, DINOv2]",
+        "--model.model_root",
+        str(tiny_models),
+        "--model.model_paths",
+        json.dumps({"DINOv2": str(tmp_path / "no-dinov2-here")}),
+        "--model.skip_missing",
+        "true",
+        "--data.manifest",
+        str(manifest),
+        "--writer.output_dir",
+        str(out),
+    )
+    assert "skipping DINOv2: weights not found" in caplog.text
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["VJEPA2", "VideoMAEv2"]
+    singles = {
+        "VideoMAEv2": VideoMAEv2Features(str(tiny_models / "vit_b_k710_dl_from_giant.pth")),
+        "VJEPA2": VJEPA2Features(str(tiny_models / "vjepa2-vitl-fpc64-256")),
+    }
+    for name, single in singles.items():
+        store = FeatureStore(out / name)
+        assert len(store) == 2
+        # The sub-store is exactly what the single-model config would write (and can resume it).
+        assert store.fingerprint == fingerprint_hash({**single.fingerprint(), "writer": {"codec": "safetensors"}})
+        assert store.info["tiny_random_stand_in"] is True
+        for key in store:
+            assert list(store[key]) == ["feature"]
+            assert list(store[key]["feature"].shape) == [24, 10, 15, 32]
+            meta = store.meta(key)
+            assert meta["model"] == name and meta["video"].endswith(".mp4") and meta["caption"]
+        assert [f["source"].endswith("broken.mp4") for f in store.failures()] == [True]  # decode failure, every store
+    summary = json.loads((out / "vfm_summary.json").read_text())["models"]
+    assert summary["VideoMAEv2"]["feature_dim"] == 32 and summary["VideoMAEv2"]["feature_shape"] == [24, 10, 15, 32]
+    assert summary["VJEPA2"]["written"] == 2 and summary["VJEPA2"]["failed"] == 1
+    assert "skipped" in summary["DINOv2"]
+    report = (out / "vfm_dimensions.txt").read_text()
+    assert "- VideoMAEv2\n  sample_feature_shape: [24, 10, 15, 32]\n  feature_dimension(C): 32" in report
+
+
+def test_single_model_config_writes_upstreams_pt_layout_and_resumes(tiny_models, manifest, tmp_path):
+    out = tmp_path / "videomaev2"
+    args = [
+        "--config",
+        str(REPO_ROOT / "configs" / "vfm_videomaev2.yaml"),
+        "--model.model_path",
+        str(tiny_models / "vit_b_k710_dl_from_giant.pth"),
+        "--data.manifest",
+        str(manifest),
+        "--writer.output_dir",
+        str(out),
+        "--writer.codec",
+        "pt",
+        "--writer.path_template",
+        "{stem}{ext}",
+    ]
+    predict(*args)
+    sample = torch.load(out / "v_GGSY1Qvo990.pt", map_location="cpu", weights_only=True)
+    assert sample["feature"].shape == (24, 10, 15, 32) and sample["feature"].dtype == torch.float32
+    assert (sample["caption"], sample["video"], sample["model"]) == (
+        "People play a game outdoors.",
+        "v_GGSY1Qvo990.mp4",
+        "VideoMAEv2",
+    )
+    assert len(sample["frame_indices"]) == 48
+    summary = json.loads((out / "vfm_summary.json").read_text())["models"]["VideoMAEv2"]
+    assert (summary["written"], summary["failed"]) == (2, 1)
+    stamp = (out / "v_GGSY1Qvo990.pt").stat().st_mtime_ns
+    predict(*args)  # everything is done or failed: nothing is recomputed
+    assert (out / "v_GGSY1Qvo990.pt").stat().st_mtime_ns == stamp
