@@ -5,13 +5,27 @@ from __future__ import annotations
 from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks.progress import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from lit_features.progress import SampleRateProgressBar
 from lit_features.store.writer import FeatureWriter
 
 
 class FeatureTrainer(Trainer):
-    """A Trainer whose ``predict`` keeps no outputs in memory by default (the writer persists them)."""
+    """A Trainer whose ``predict`` keeps no outputs in memory by default (the writer persists them).
+
+    Unless a progress bar is configured (or disabled), it shows samples/s and failures during predict.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        callbacks = kwargs.get("callbacks") or []
+        callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+        if kwargs.get("enable_progress_bar", True) is not False and not any(
+            isinstance(c, ProgressBar) for c in callbacks
+        ):
+            kwargs["callbacks"] = [*callbacks, SampleRateProgressBar()]
+        super().__init__(*args, **kwargs)
 
     def predict(
         self,
