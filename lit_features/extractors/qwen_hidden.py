@@ -171,7 +171,8 @@ class QwenPromptPreprocessor(Preprocessor):
 
     # -- manifest-time checks (before any model loads)
     def reference_images(self, sample: Sample) -> list[str]:
-        return list(sample.entry.get("images") or [])
+        """The entry's reference image paths (``images``, or BindWeave's ``img_paths``), already absolute."""
+        return list(sample.entry.get("images") or sample.entry.get("img_paths") or [])
 
     def uses_video(self, sample: Sample) -> bool:
         if self.image_source == "video":
@@ -190,7 +191,7 @@ class QwenPromptPreprocessor(Preprocessor):
         images = self.reference_images(sample)
         if len(images) > self.max_images:
             raise EntryError(
-                "images",
+                "images" if entry.get("images") else "img_paths",
                 f"{len(images)} reference images but max_images is {self.max_images}; remove some or raise "
                 "model.max_images (images are never dropped silently)",
             )
@@ -210,7 +211,7 @@ class QwenPromptPreprocessor(Preprocessor):
             meta: dict[str, Any] = {"reference": "video", "frame_indices": video.indices}
         else:
             arrays = [media.image(path) for path in self.reference_images(sample)]
-            meta = {"reference": "images"}
+            meta = {"reference": "images" if arrays else "none"}
         images = [Image.fromarray(a) for a in arrays]
         meta["image_sizes"] = [[im.height, im.width] for im in images]
         if self.prescale == "bindweave":
