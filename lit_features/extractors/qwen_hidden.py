@@ -11,9 +11,10 @@ every token (default ``-1``: the last decoder layer after the final RMSNorm), ``
 ``attention_mask`` ``[L]`` and ``input_ids`` ``[L]``. A negative prompt (entry ``negative_prompt``, else the
 configured one) is run as a second pass with the same images and stored as ``hidden_states_negative``.
 
-Batching pads token sequences on the right, and attention runs on each sample's own tokens only (a registered
-attention function slices every sample out of the padded batch), so a sample's features are bit-for-bit those
-of running it alone: padding never enters a softmax or a reduction. Features are unpadded before writing.
+Batching: the collate pads token sequences on the right; the extractor computes each sample's positions from
+the padded batch, then drops the padding and runs the batch as ONE packed sequence, with attention restricted to
+each sample's own segment (a registered attention function). A sample's features are therefore bit-for-bit
+those of running it alone, and no compute is spent on pad tokens. Features are split per sample for writing.
 
 ``output_layout="bindweave"`` returns exactly BindWeave's evaluation files: ``hidden_states`` and
 ``hidden_states_negative``, each ``[1, L, D]``, for the ``pt_bare`` codec with ``path_template
@@ -39,7 +40,7 @@ from lit_features.extractors.base import FeatureExtractor, quiet_transformers
 IMAGE_PAD = "<|image_pad|>"
 # Control tokens a prompt must not contain: the processor would count them as image placeholders.
 RESERVED_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
-UNPADDED_ATTENTION = "lit_features_unpadded_sdpa"
+PACKED_ATTENTION = "lit_features_packed_sdpa"
 PRESCALE_AREA = 720 * 1280
 
 
@@ -313,7 +314,7 @@ class QwenPromptPreprocessor(Preprocessor):
         return out
 
 
-def unpadded_sdpa_attention(
+def packed_sdpa_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
     key: torch.Tensor,
@@ -322,32 +323,31 @@ def unpadded_sdpa_attention(
     sample_lengths: list[int] | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """SDPA on each sample's own tokens of a right-padded batch; plain SDPA when ``sample_lengths`` is not given.
+    """SDPA on each sample's segment of a packed ``[1, heads, sum(lengths), dim]`` sequence.
 
-    Each sample ``i`` attends over ``query/key/value[i, :, :n_i]`` exactly as it would unbatched (causal, no
-    mask), so its outputs do not depend on what else is in the batch. Padded positions get zeros.
+    Each segment attends to itself exactly as the sample would alone (causal, no mask), so a sample's outputs do
+    not depend on what else is in the batch. Without ``sample_lengths`` this is plain SDPA.
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if sample_lengths is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    batch, heads, length, head_dim = query.shape
-    out = query.new_zeros((batch, length, heads, head_dim))
-    for i, n in enumerate(sample_lengths):
-        sample_out, _ = sdpa_attention_forward(
-            module, query[i : i + 1, :, :n], key[i : i + 1, :, :n], value[i : i + 1, :, :n], None, **kwargs
-        )
-        out[i, :n] = sample_out[0]
-    return out, None
+    if query.shape[0] != 1 or sum(sample_lengths) != query.shape[2]:
+        raise ValueError(f"packed attention: lengths {sample_lengths} do not tile a [1, *, {query.shape[2]}] sequence")
+    segments, start = [], 0
+    for n in sample_lengths:
+        part = slice(start, start + n)
+        out, _ = sdpa_attention_forward(module, query[:, :, part], key[:, :, part], value[:, :, part], None, **kwargs)
+        segments.append(out)
+        start += n
+    return torch.cat(segments, dim=1), None
 
 
-def register_unpadded_attention() -> None:
-    """Make ``UNPADDED_ATTENTION`` a transformers attention implementation (SDPA's masks when used plainly)."""
+def register_packed_attention() -> None:
+    """Make ``PACKED_ATTENTION`` a transformers attention implementation (it never needs a mask built)."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    AttentionInterface.register(UNPADDED_ATTENTION, unpadded_sdpa_attention)
-    AttentionMaskInterface.register(UNPADDED_ATTENTION, sdpa_mask)
+    AttentionInterface.register(PACKED_ATTENTION, packed_sdpa_attention)
 
 
 class QwenHiddenStates(FeatureExtractor):
@@ -427,13 +427,16 @@ class QwenHiddenStates(FeatureExtractor):
         config = AutoConfig.from_pretrained(self.model_path, trust_remote_code=self.trust_remote_code)
         if config.model_type not in classes:
             raise ValueError(f"{self.model_path}: model_type {config.model_type!r} is not Qwen2.5-VL or Qwen2-VL")
-        register_unpadded_attention()
+        register_packed_attention()
         with quiet_transformers():
             model = classes[config.model_type].from_pretrained(
                 self.model_path, dtype=self.compute_dtype, trust_remote_code=self.trust_remote_code
             )
-        # Text attention runs per sample on unpadded tokens; the vision tower keeps SDPA (images are packed).
-        model.set_attn_implementation({"text_config": UNPADDED_ATTENTION})
+        # Samples are packed into one sequence; text attention runs per sample segment (the vision tower keeps
+        # SDPA over its own per-image segments).
+        model.set_attn_implementation({"text_config": PACKED_ATTENTION})
+        if set(model.config.text_config.layer_types) != {"full_attention"}:
+            raise NotImplementedError(f"{self.model_path}: sliding-window attention layers are not supported")
         num_states = model.config.text_config.num_hidden_layers + 1
         for layer in [self.layers] if isinstance(self.layers, int) else self.layers:
             if not -num_states <= layer < num_states:
@@ -453,12 +456,24 @@ class QwenHiddenStates(FeatureExtractor):
         image_features: list[torch.Tensor],
         image_grid_thw: torch.Tensor | None,
     ) -> list[torch.Tensor]:
-        """One forward of the language model; the chosen hidden states of each sample, unpadded."""
+        """One forward of the language model over the batch packed without padding; per-sample hidden states.
+
+        Positions (3D rotary for image tokens) are computed per sample from the padded batch, exactly as the
+        model does for each sample alone, then the padding is dropped: ``[1, sum(lengths)]`` tokens go through
+        the model once, and attention is restricted to each sample's segment. No pad token is ever computed.
+        """
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
         assert self.model is not None
         core = self.model.model
         config = self.model.config
+        position_ids, _ = core.get_rope_index(
+            input_ids,
+            mm_token_type_ids=(input_ids == config.image_token_id).int(),
+            image_grid_thw=image_grid_thw,
+            attention_mask=attention_mask,
+        )
+        keep = attention_mask.bool()
         mm_encoder_outputs = None
         if image_features:
             mm_encoder_outputs = {"image": BaseModelOutputWithPooling(pooler_output=tuple(image_features))}
@@ -466,21 +481,21 @@ class QwenHiddenStates(FeatureExtractor):
         # hidden_states[-1] is last_hidden_state (after the final norm): skip keeping every layer when that is all.
         need_all = any(layer not in (-1, config.text_config.num_hidden_layers) for layer in want)
         out = core(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
+            input_ids=input_ids[keep][None],
+            position_ids=position_ids[:, keep][:, None],
+            # a ready "mask" per layer type: none is built (the packed attention needs only the lengths)
+            attention_mask={"full_attention": None},
             image_grid_thw=image_grid_thw,
-            mm_token_type_ids=(input_ids == config.image_token_id).int(),
             mm_encoder_outputs=mm_encoder_outputs,
             output_hidden_states=need_all,
             use_cache=False,
             sample_lengths=lengths,
         )
-        picked = [out.hidden_states[layer] if need_all else out.last_hidden_state for layer in want]
+        picked = [out.hidden_states[layer][0] if need_all else out.last_hidden_state[0] for layer in want]
         results = []
-        for i, n in enumerate(lengths):
-            # clone: a view would keep the whole padded batch alive until it is written
-            per_layer = [h[i, :n].clone() for h in picked]
-            results.append(per_layer[0] if isinstance(self.layers, int) else torch.stack(per_layer))
+        for parts in zip(*(h.split(lengths) for h in picked)):
+            # clone: a view would keep the whole packed batch alive until it is written
+            results.append(parts[0].clone() if isinstance(self.layers, int) else torch.stack(parts))
         return results
 
     def extract(self, inputs: dict[str, Any], batch: Batch) -> list[dict[str, torch.Tensor]]:

@@ -314,3 +314,18 @@ def test_preprocessor_pickles_without_loaded_processors(extractor):
     assert clone._tokenizer is None and clone._image_processor is None
     assert clone.params() == pre.params()
     assert np.isclose(clone.image_processor.image_mean[0], 0.48145466)
+
+
+def test_packed_attention_equals_each_segment_alone():
+    from lit_features.extractors.qwen_hidden import packed_sdpa_attention
+
+    module = torch.nn.Module()
+    module.is_causal = True
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 9, 8, generator=gen) for _ in range(3))
+    packed, _ = packed_sdpa_attention(module, q, k, v, None, sample_lengths=[4, 5])
+    for start, end in ((0, 4), (4, 9)):
+        alone, _ = packed_sdpa_attention(module, q[:, :, start:end], k[:, :, start:end], v[:, :, start:end], None)
+        assert torch.equal(packed[:, start:end], alone)
+    with pytest.raises(ValueError, match="do not tile"):
+        packed_sdpa_attention(module, q, k, v, None, sample_lengths=[4, 4])
