@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -156,7 +156,9 @@ class QwenPromptPreprocessor(Preprocessor):
 
     def params(self) -> dict[str, Any]:
         processor = self.image_processor
-        values = {k: v for k, v in super().params().items() if not k.startswith("_") and k not in ("model_path",)}
+        # Not dataclasses.asdict: it would deep-copy the loaded tokenizer. The weights' location is not a number.
+        values: dict[str, Any] = {"type": type(self).__qualname__}
+        values.update((f.name, getattr(self, f.name)) for f in fields(self) if f.init and f.name != "model_path")
         values["image_processor"] = {
             "min_pixels": processor.size["shortest_edge"],
             "max_pixels": processor.size["longest_edge"],
@@ -291,14 +293,13 @@ class QwenPromptPreprocessor(Preprocessor):
         input_ids, mask = pad_right([i["input_ids"] for i in items], pad_id)
         grids = [i["image_grid_thw"] for i in items if i["image_grid_thw"] is not None]
         negatives = [j for j, i in enumerate(items) if i["negative_input_ids"] is not None]
+        pixels = [i["pixel_values"] for i in items if i["pixel_values"] is not None]
         out: dict[str, Any] = {
             "input_ids": input_ids,
             "attention_mask": mask,
             "lengths": [len(i["input_ids"]) for i in items],
             "images_per_sample": [0 if i["image_grid_thw"] is None else len(i["image_grid_thw"]) for i in items],
-            "pixel_values": torch.cat([i["pixel_values"] for i in items if i["pixel_values"] is not None])
-            if grids
-            else None,
+            "pixel_values": torch.cat(pixels) if pixels else None,
             "image_grid_thw": torch.cat(grids) if grids else None,
             "negative": None,
         }
@@ -354,7 +355,7 @@ class QwenHiddenStates(FeatureExtractor):
     """Qwen2.5-VL hidden states of prompt + reference images, one forward pass per prompt (no generation).
 
     Args:
-        model_path: Qwen2.5-VL (or Qwen2-VL) weights folder with tokenizer, chat template and
+        model_path: Qwen2.5-VL weights folder with tokenizer, chat template and
             ``preprocessor_config.json``, or a hub id.
         layers: index into ``hidden_states`` (``-1``: last decoder layer after the final norm; ``0``: the input
             embeddings; ``i``: output of decoder layer ``i``), or a list of them (stored stacked ``[K, L, D]``).
@@ -421,21 +422,20 @@ class QwenHiddenStates(FeatureExtractor):
 
     # -- weights
     def load_model(self) -> torch.nn.Module:
-        from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
+        from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
 
-        classes = {"qwen2_5_vl": Qwen2_5_VLForConditionalGeneration, "qwen2_vl": Qwen2VLForConditionalGeneration}
         config = AutoConfig.from_pretrained(self.model_path, trust_remote_code=self.trust_remote_code)
-        if config.model_type not in classes:
-            raise ValueError(f"{self.model_path}: model_type {config.model_type!r} is not Qwen2.5-VL or Qwen2-VL")
+        if config.model_type != "qwen2_5_vl":
+            raise ValueError(f"{self.model_path}: model_type {config.model_type!r}, expected 'qwen2_5_vl' (Qwen2.5-VL)")
         register_packed_attention()
         with quiet_transformers():
-            model = classes[config.model_type].from_pretrained(
+            model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
                 self.model_path, dtype=self.compute_dtype, trust_remote_code=self.trust_remote_code
             )
         # Samples are packed into one sequence; text attention runs per sample segment (the vision tower keeps
         # SDPA over its own per-image segments).
         model.set_attn_implementation({"text_config": PACKED_ATTENTION})
-        if set(model.config.text_config.layer_types) != {"full_attention"}:
+        if set(getattr(model.config.text_config, "layer_types", None) or ["full_attention"]) != {"full_attention"}:
             raise NotImplementedError(f"{self.model_path}: sliding-window attention layers are not supported")
         num_states = model.config.text_config.num_hidden_layers + 1
         for layer in [self.layers] if isinstance(self.layers, int) else self.layers:
@@ -499,6 +499,7 @@ class QwenHiddenStates(FeatureExtractor):
         return results
 
     def extract(self, inputs: dict[str, Any], batch: Batch) -> list[dict[str, torch.Tensor]]:
+        """Vision tower once for the batch, then the positive pass and (for samples that have one) the negative."""
         assert self.model is not None
         device = self.device
         grid = inputs["image_grid_thw"]
