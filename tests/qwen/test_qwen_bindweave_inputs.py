@@ -80,6 +80,12 @@ def test_bindweave_files_from_the_eval_form(qwen_dir, eval_folder, tmp_path):
     assert case["hidden_states_path"] == str((tmp_path / "features" / "multidomain_002_hidden_states.pt").resolve())
     negative = torch.load(case["hidden_states_path_negative"], weights_only=True)
     assert negative.shape[0] == 1 and negative.shape[2] == 64
+    # a resumed run with nothing left to do still writes the export
+    exported_file = tmp_path / "features" / "Open-Domain_Eval_with_features.json"
+    exported_file.unlink()
+    writer.export_manifest = exported_file.name
+    run(qwen_dir, eval_folder / "Open-Domain_Eval.json", writer, negative_prompt="blurry", output_layout="bindweave")
+    assert json.loads(exported_file.read_text()) == exported
 
 
 def test_default_export_fields(qwen_dir, eval_folder, tmp_path):
