@@ -1,7 +1,8 @@
 """Read and validate video manifests in every form the source systems use, producing :class:`Sample` records.
 
 Forms: a JSON list of entries (``path``, ``cap``, ``num_frames``, ``fps``, ``resolution``, ``cut``, extra
-fields kept); a list file of ``<dataset_root>,<meta_json>`` lines; JSON Lines; a CSV of video + caption; a
+fields kept), or a JSON object mapping keys to entries; a list file of ``<dataset_root>,<meta_json>`` lines;
+JSON Lines; a CSV of video + caption; a
 plain directory of videos/images; and IIANet split lists (``tr/cv/tt`` folders holding ``s1.json``/``s2.json``
 rows ``[wav, mouth_npz, n]``). Every problem is reported as a :class:`ManifestError` naming the file, the entry
 and the field, before any model is loaded.
@@ -23,6 +24,8 @@ VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".flv", ".m
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 CSV_PATH_COLUMNS = ("path", "video", "video_path", "filename", "file", "image")
 CSV_CAPTION_COLUMNS = ("cap", "caption", "text", "prompt", "description")
+# Per-entry lists of reference image paths (``img_paths`` is the OpenS2V-Eval / BindWeave spelling).
+IMAGE_LIST_FIELDS = ("images", "img_paths")
 IIANET_SPLITS = {"train": ("tr",), "val": ("cv",), "test": ("tt",), "all": ("tr", "cv", "tt")}
 
 
@@ -88,10 +91,10 @@ def validate_entry(entry: Any, file: str | os.PathLike, index: int, require_path
             raise ManifestError(file, f"must be [start, end] frame indices, got {cut!r}", index, "cut")
         if cut[0] < 0 or cut[1] <= cut[0]:
             raise ManifestError(file, f"needs 0 <= start < end, got {list(cut)!r}", index, "cut")
-    if "images" in entry:
-        imgs = entry["images"]
-        if not isinstance(imgs, list) or not all(isinstance(p, str) and p for p in imgs):
-            raise ManifestError(file, f"must be a list of image paths, got {imgs!r}", index, "images")
+    for name in IMAGE_LIST_FIELDS:
+        imgs = entry.get(name)
+        if name in entry and (not isinstance(imgs, list) or not all(isinstance(p, str) and p for p in imgs)):
+            raise ManifestError(file, f"must be a list of image paths, got {imgs!r}", index, name)
     return dict(entry)
 
 
@@ -132,6 +135,9 @@ def _entries_from_list(data: Any, file: Path, root: Path) -> list[_RawEntry]:
             if isinstance(data.get(wrapper), list):
                 data = data[wrapper]
                 break
+    if isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):
+        # {key: entry} (e.g. OpenS2V-Eval's JSON): each entry keeps its mapping key as its sample key.
+        data = [{**entry, "key": str(key)} for key, entry in data.items()]
     if not isinstance(data, list):
         raise ManifestError(file, f"expected a JSON list of entries, got {type(data).__name__}")
     return [_RawEntry(validate_entry(e, file, i), root, file, i) for i, e in enumerate(data)]
@@ -282,8 +288,9 @@ def build_samples(raw: Iterable[_RawEntry], media_field: str = "path") -> list[S
         seen.add(key)
         entry = dict(r.entry)
         source = _resolve(r.root, entry[media_field]) if media_field in entry else None
-        if "images" in entry:
-            entry["images"] = [_resolve(r.root, p) for p in entry["images"]]
+        for name in IMAGE_LIST_FIELDS:
+            if name in entry:
+                entry[name] = [_resolve(r.root, p) for p in entry[name]]
         samples.append(Sample(key=key, source=source, entry=entry, manifest=str(r.file), index=r.index))
     return samples
 

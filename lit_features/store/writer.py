@@ -123,6 +123,12 @@ class FeatureWriter(BasePredictionWriter):
             complete (headers checked, so a file cut short is redone), and record it in the index as adopted.
             For files made outside this store, e.g. by an earlier tool writing beside the sources. Ignored
             with ``overwrite``; needs a ``path_template`` without ``{name}``.
+        export_manifest: at the end, also write this JSON (relative paths: inside ``output_dir``): an object
+            mapping every sample key to its manifest entry with the absolute paths of its feature files added
+            (entries that have no features yet are kept unchanged).
+        export_fields: entry field for each tensor name's file, e.g. ``{hidden_states: hidden_states_path}``;
+            only the listed names are added. Default: ``<name>_path`` per tensor file with a ``{name}``
+            template, else ``feature_path``.
     """
 
     def __init__(
@@ -136,6 +142,8 @@ class FeatureWriter(BasePredictionWriter):
         queue_size: int = 8,
         fsync: bool = True,
         skip_existing: bool = False,
+        export_manifest: str | None = None,
+        export_fields: dict[str, str] | None = None,
     ):
         super().__init__(write_interval="batch")
         if skip_existing and "{name}" in path_template:
@@ -149,6 +157,8 @@ class FeatureWriter(BasePredictionWriter):
         self.queue_size = queue_size
         self.fsync = fsync
         self.skip_existing = skip_existing
+        self.export_manifest = export_manifest
+        self.export_fields = export_fields
         self.stores: dict[str, _SubStore] = {}
         self.rank = 0
         self.world_size = 1
@@ -429,7 +439,19 @@ class FeatureWriter(BasePredictionWriter):
                 "feature store %s: written %d, failed %d, skipped %d (already done), %.2f samples/s",
                 self.output_dir, run["written"], run["failed"], run["skipped"], run["samples_per_s"],
             )  # fmt: skip
+            if self.export_manifest:
+                self._export(trainer)
         self._finished = True
+
+    def _export(self, trainer: pl.Trainer) -> None:
+        samples = getattr(trainer.datamodule, "samples", None)
+        if samples is None:
+            log.warning("export_manifest: the datamodule has no samples list; nothing exported")
+            return
+        target = self.output_dir / self.export_manifest
+        per_name = "{name}" in self.path_template
+        n = export_manifest_with_features(self.output_dir, samples, target, per_name, self.export_fields)
+        log.info("wrote %s (%d entries with features)", target, n)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         # Persist what was already computed before the run goes down.
@@ -502,6 +524,28 @@ def log_run_summary(trainer: pl.Trainer, run: dict[str, Any]) -> None:
             logger.log_table(key="predict/failures", columns=columns, data=rows)
             logger.experiment.summary.update(numbers)
         logger.save()
+
+
+def export_manifest_with_features(
+    root: Path, samples: list[Any], target: Path, per_name: bool, fields: dict[str, str] | None = None
+) -> int:
+    """Write ``{key: entry + feature file paths}`` for ``samples`` from the merged index; returns entries with paths."""
+    rows = {r["key"]: r for r in layout.read_jsonl_rows(root / layout.MERGED_INDEX)}
+    out, done = {}, 0
+    for sample in samples:
+        entry = dict(sample.entry)
+        row = rows.get(sample.key)
+        if row is not None:
+            files = row.get("files", [row["file"]])
+            names = list(row["shapes"]) if per_name else [""]
+            for name, file in zip(names, files, strict=True):
+                field = fields.get(name) if fields is not None else (f"{name}_path" if name else "feature_path")
+                if field:
+                    entry[field] = str(Path(file) if Path(file).is_absolute() else (root / file).resolve())
+            done += 1
+        out[sample.key] = entry
+    layout.atomic_write_text(target, json.dumps(out, indent=4, default=str))
+    return done
 
 
 def tensor_nbytes(tensors: dict[str, torch.Tensor]) -> int:
