@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 bash tools/setup.sh
 .venv/bin/ruff format --check .
 .venv/bin/ruff check .
-WANDB_MODE=offline .venv/bin/python -m pytest -q --durations=15 "$@"
+# One intra-op thread: the suite runs tiny models, often several processes at once, on 2 cores.
+OMP_NUM_THREADS=1 WANDB_MODE=offline .venv/bin/python -m pytest -q --durations=15 "$@"
