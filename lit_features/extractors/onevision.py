@@ -168,7 +168,7 @@ class OneVisionPackedFeatures(OneVisionFeatures):
     """
 
     extractor_name = "onevision_packed"
-    fingerprint_exclude = ("model_path", "max_tokens")  # pack boundaries do not change any sample's numbers
+    fingerprint_exclude = ("model_path", "max_tokens")  # like batch size: where packs split changes no result
 
     def __init__(
         self,
