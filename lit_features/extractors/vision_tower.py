@@ -5,6 +5,11 @@ nearest multiple, bicubic; ``snap="crop"``: center-crop down to the multiple bel
 uniformly sampled frames (``round(linspace(0, n-1, N))`` inside the entry's ``cut``). Position embeddings are
 interpolated to the input grid. The stored tensor ``features`` is ``[N, D]`` for an image and ``[T, N, D]``
 for a video, from ``hidden_states[layer]`` (default ``-2``, the penultimate layer).
+
+Two forms over the same checkpoint directory: :class:`VisionTowerFeatures` runs the Hugging Face model once
+per sample; :class:`PackedVisionTowerFeatures` packs every frame of every sample in a batch into one token
+sequence (:func:`lit_features.models.packed_vision_tower.packed_tower_hidden_state`) and writes the same keys
+and shapes, so ``lit_features verify`` can compare their stores.
 """
 
 from __future__ import annotations
@@ -21,8 +26,13 @@ from lit_features.data.dataset import Batch, Prepared
 from lit_features.data.manifest import IMAGE_EXTENSIONS, Sample
 from lit_features.data.preprocess import MediaLoader, Preprocessor
 from lit_features.data.sampling import FrameSampling
-from lit_features.data.transforms import center_crop, normalize, resize, to_tensor
+from lit_features.data.transforms import NORMALIZATION_PRESETS, center_crop, normalize, resize, to_tensor
 from lit_features.extractors.base import FeatureExtractor, quiet_transformers
+from lit_features.models.packed_vision_tower import (
+    packed_tower_hidden_state,
+    resolve_layer,
+    token_budget_groups,
+)
 
 
 def snap_size(height: int, width: int, patch: int, rule: Literal["resize", "crop"]) -> tuple[int, int]:
@@ -41,6 +51,19 @@ def read_normalisation(model_path: str) -> tuple[tuple[float, ...], tuple[float,
     if "image_mean" in cfg and "image_std" in cfg:
         return tuple(cfg["image_mean"]), tuple(cfg["image_std"])
     return None
+
+
+def choose_normalisation(model_path: str, normalization: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) for ``normalization``: ``checkpoint`` (the weights' ``preprocessor_config.json``, CLIP's
+    values when it has none) or a preset name (``clip``, ``imagenet``, ``half``)."""
+    if normalization == "checkpoint":
+        norm = read_normalisation(model_path) if os.path.isdir(model_path) else None
+        return norm if norm else NORMALIZATION_PRESETS["clip"]
+    if normalization not in NORMALIZATION_PRESETS:
+        raise ValueError(
+            f"normalization must be 'checkpoint' or one of {sorted(NORMALIZATION_PRESETS)}, got {normalization!r}"
+        )
+    return NORMALIZATION_PRESETS[normalization]
 
 
 @dataclass
@@ -99,6 +122,8 @@ class VisionTowerFeatures(FeatureExtractor):
         snap: how sides are made multiples of the patch size (``resize`` or ``crop``).
         short_clip: policy for videos with fewer frames than ``num_frames``.
         max_pixels: downscale larger inputs to at most this many pixels first (``None``: never).
+        normalization: ``checkpoint`` (mean/std from the weights' ``preprocessor_config.json``, CLIP's when
+            it has none) or a preset: ``clip``, ``imagenet``, ``half``.
         dtype: model dtype; features are stored in it.
     """
 
@@ -113,6 +138,7 @@ class VisionTowerFeatures(FeatureExtractor):
         snap: Literal["resize", "crop"] = "resize",
         short_clip: Literal["fail", "pad_last", "stretch"] = "fail",
         max_pixels: int | None = None,
+        normalization: str = "checkpoint",
         dtype: str = "bfloat16",
         trust_remote_code: bool = False,
     ):
@@ -122,6 +148,8 @@ class VisionTowerFeatures(FeatureExtractor):
         self.snap = snap
         self.short_clip = short_clip
         self.max_pixels = max_pixels
+        self.normalization = normalization
+        choose_normalisation(model_path, normalization)  # a bad name fails now, not in a worker
         self._preprocessor: NativeResolutionPreprocessor | None = None
 
     def vision_config(self) -> dict[str, Any]:
@@ -133,8 +161,7 @@ class VisionTowerFeatures(FeatureExtractor):
 
     def preprocessor(self) -> NativeResolutionPreprocessor:
         if self._preprocessor is None:
-            norm = read_normalisation(self.model_path) if os.path.isdir(self.model_path) else None
-            mean, std = norm if norm else (NativeResolutionPreprocessor.mean, NativeResolutionPreprocessor.std)
+            mean, std = choose_normalisation(self.model_path, self.normalization)
             self._preprocessor = NativeResolutionPreprocessor(
                 patch_size=int(self.vision_config().get("patch_size", 14)),
                 num_frames=self.num_frames,
@@ -158,6 +185,11 @@ class VisionTowerFeatures(FeatureExtractor):
                 self.model_path, dtype=self.compute_dtype, trust_remote_code=self.trust_remote_code
             )
 
+    def configure_model(self) -> None:
+        super().configure_model()
+        assert self.model is not None
+        resolve_layer(self.layer, self.model.config.num_hidden_layers)  # a bad index fails before any sample
+
     def tower_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """``hidden_states[layer]`` of ``pixels [B, 3, H, W]`` -> ``[B, N, D]`` (CLS dropped for CLIP)."""
         assert self.model is not None
@@ -178,3 +210,64 @@ class VisionTowerFeatures(FeatureExtractor):
             feats = self.tower_features(pixels)  # frames of one video share a size: one forward
             outputs.append({"features": feats[0] if meta.get("kind") == "image" else feats})
         return outputs
+
+
+class PackedVisionTowerFeatures(VisionTowerFeatures):
+    """Sequence-packed ViT features from the same Hugging Face SigLIP or CLIP checkpoint as ``vision_tower``.
+
+    Every frame of every sample in a batch goes into one flat token sequence: the tower's token-wise modules
+    run once over it and attention stays within each frame (block-diagonal; flash-attn varlen on CUDA when
+    installed, exact SDPA per segment otherwise). Preprocessing, keys and stored shapes are those of
+    ``vision_tower``, so the two stores compare with ``lit_features verify``. The forward stops after
+    ``layer``, so the default ``-2`` never runs the last layer.
+
+    Args:
+        model_path: weights folder (a full SigLIP/CLIP checkpoint or a vision-only one) or hub id.
+        layer: index into ``hidden_states`` (``-2``: output of the penultimate layer).
+        num_frames: frames uniformly sampled from each video.
+        snap: how sides are made multiples of the patch size (``resize`` or ``crop``).
+        short_clip: policy for videos with fewer frames than ``num_frames``.
+        max_pixels: downscale larger inputs to at most this many pixels first (``None``: never).
+        normalization: ``checkpoint`` or a preset name, as for ``vision_tower``.
+        max_tokens: most tokens in one packed sequence; a batch above it is cut into several packs
+            between samples (a single larger sample still runs whole). ``None``: one pack per batch.
+        dtype: model dtype; features are stored in it.
+    """
+
+    extractor_name = "vision_tower_packed"
+    fingerprint_exclude = ("model_path", "max_tokens")  # like batch size: where packs split changes no result
+
+    def __init__(
+        self,
+        model_path: str = "pretrained_model/siglip-so400m-patch14-384",
+        layer: int = -2,
+        num_frames: int = 8,
+        snap: Literal["resize", "crop"] = "resize",
+        short_clip: Literal["fail", "pad_last", "stretch"] = "fail",
+        max_pixels: int | None = None,
+        normalization: str = "checkpoint",
+        max_tokens: int | None = 65536,
+        dtype: str = "bfloat16",
+        trust_remote_code: bool = False,
+    ):
+        super().__init__(
+            model_path, layer, num_frames, snap, short_clip, max_pixels, normalization, dtype, trust_remote_code
+        )
+        if max_tokens is not None and max_tokens < 1:
+            raise ValueError(f"max_tokens must be positive or None, got {max_tokens}")
+        self.max_tokens = max_tokens
+
+    def extract(self, inputs: Any, batch: Batch) -> list[dict[str, torch.Tensor]]:
+        assert self.model is not None
+        items = list(inputs) if not isinstance(inputs, list) else inputs
+        feats: list[torch.Tensor | None] = [None] * len(items)
+        p = self.model.config.patch_size
+        tokens = [item.shape[0] * (item.shape[-2] // p) * (item.shape[-1] // p) for item in items]
+        for group in token_budget_groups(tokens, self.max_tokens):
+            hidden = packed_tower_hidden_state(self.model, [items[i] for i in group], self.layer)
+            for i, h in zip(group, hidden):
+                feats[i] = h
+        return [
+            {"features": f[0] if meta.get("kind") == "image" else f}  # type: ignore[index]
+            for f, meta in zip(feats, batch.metas)
+        ]

@@ -136,12 +136,14 @@ def segment_attention(
     for start, end in pairwise(bounds):
         if end == start:
             continue
-        # SDPA wants [..., seq, dim]; heads become the batch dimension of this one segment.
+        # SDPA wants [batch, heads, seq, dim]. The leading batch axis matters: on CPU only 4-D inputs reach the
+        # fused flash kernel; 3-D ones fall back to the math path, which materialises the seq x seq scores
+        # (tens of GB for one long video segment).
         seg = F.scaled_dot_product_attention(
-            q[start:end].transpose(0, 1),
-            k[start:end].transpose(0, 1),
-            v[start:end].transpose(0, 1),
+            q[start:end].transpose(0, 1).unsqueeze(0),
+            k[start:end].transpose(0, 1).unsqueeze(0),
+            v[start:end].transpose(0, 1).unsqueeze(0),
             scale=scale,
         )
-        out[start:end] = seg.transpose(0, 1)
+        out[start:end] = seg[0].transpose(0, 1)
     return out
