@@ -113,12 +113,17 @@ def _resolve(root: Path, rel: str) -> str:
 
 
 def _rel_name(root: Path, rel: str) -> str:
+    """The name a key is made from: the path relative to the dataset root.
+
+    An absolute path outside the root keeps its last two components (``.../clips/a.mp4`` -> ``clips/a.mp4``), so
+    keys do not change when the data moves to another machine; collisions get hash suffixes in ``assign_keys``.
+    """
     if not os.path.isabs(rel):
         return rel
-    try:
-        return os.path.relpath(rel, root)
-    except ValueError:
-        return rel
+    inside = os.path.relpath(rel, root)
+    if not inside.startswith(".."):
+        return inside
+    return "/".join(Path(rel).parts[-2:])
 
 
 @dataclass

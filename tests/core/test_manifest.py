@@ -115,6 +115,14 @@ def test_bad_json_and_missing_files(tmp_path: Path) -> None:
         read_manifests(lst)
 
 
+def test_absolute_paths_outside_the_root_keep_their_last_two_components(tmp_path: Path) -> None:
+    m = write(tmp_path / "lists" / "m.json", [{"path": "/data/a/clips/x.mp4"}, {"path": "/other/b/clips/x.mp4"},
+                                              {"path": "/data/a/clips/y.mp4"}])  # fmt: skip
+    keys = [s.key for s in read_manifests(m)]
+    assert keys[2] == "clips__y_mp4"
+    assert keys[0].startswith("clips__x_mp4~") and keys[1].startswith("clips__x_mp4~") and keys[0] != keys[1]
+
+
 def test_keys_are_filesystem_safe_and_bounded() -> None:
     assert sanitize_key("../a b/c:d?.mp4") == "a_b__c_d_mp4"
     long = sanitize_key("x" * 500 + ".mp4")
