@@ -105,6 +105,12 @@ def test_bad_media_is_recorded_and_good_samples_are_written(tiny_models: Path, m
     )
     summary = json.loads(run_cli(["inspect", str(out), "--json"]).stdout)
     assert summary["written"] == 2 and summary["failed"] == 6
+    groups = summary["failures_by_error"]
+    assert sum(g["count"] for g in groups.values()) == 6
+    assert groups["decode/DecodeTimeout"] == {"count": 1, "keys": ["hang_mp4"]}
+    assert groups["decode/FileNotFoundError"]["keys"] == ["missing_mp4"]
+    human = run_cli(["inspect", str(out)]).stdout
+    assert "decode/DecodeTimeout" in human and "written     2 samples" in human
     # a rerun skips what is settled and does not wait on the hanging file again
     proc = predict(tiny_models, manifest, out, "--data.decode_timeout_s", "4")
     assert len(index_rows(out)) == 2 and "8 samples in the manifest, 8 already done or settled" in proc.stderr
