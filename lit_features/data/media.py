@@ -53,10 +53,13 @@ def probe_rotation(path: str) -> int:
     return 0
 
 
-def _decode_decord(path: str, sampling: FrameSampling, cut: list[float] | None) -> DecodedVideo:
+def _decode_decord(
+    path: str, sampling: FrameSampling, cut: list[float] | None, size: tuple[int, int] | None = None
+) -> DecodedVideo:
     import decord
 
-    reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+    resize = {"height": size[0], "width": size[1]} if size else {}  # scaled by FFmpeg while decoding
+    reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1, **resize)
     total = len(reader)
     fps = float(reader.get_avg_fps())
     indices, padded = sampling.select(total, fps, cut)
@@ -72,7 +75,9 @@ def _decode_decord(path: str, sampling: FrameSampling, cut: list[float] | None) 
     return DecodedVideo(frames, indices, total, fps, padded, "decord")
 
 
-def _decode_pyav(path: str, sampling: FrameSampling, cut: list[float] | None) -> DecodedVideo:
+def _decode_pyav(
+    path: str, sampling: FrameSampling, cut: list[float] | None, size: tuple[int, int] | None = None
+) -> DecodedVideo:
     import av
 
     with av.open(path) as container:
@@ -91,7 +96,7 @@ def _decode_pyav(path: str, sampling: FrameSampling, cut: list[float] | None) ->
             for i, frame in enumerate(container.decode(stream)):
                 decoded = i + 1
                 if i in wanted:
-                    got[i] = frame.to_ndarray(format="rgb24")
+                    got[i] = _rgb(frame, size)
                     rotation = int(round(getattr(frame, "rotation", 0) or 0))
                 if i >= last:
                     break
@@ -105,7 +110,7 @@ def _decode_pyav(path: str, sampling: FrameSampling, cut: list[float] | None) ->
         else:  # no frame count in the header: decode everything, then select
             all_frames, rotation = [], 0
             for frame in container.decode(stream):
-                all_frames.append(frame.to_ndarray(format="rgb24"))
+                all_frames.append(_rgb(frame, size))
                 rotation = int(round(getattr(frame, "rotation", 0) or 0))
             total = len(all_frames)
             indices, padded = sampling.select(total, fps, cut)
@@ -116,10 +121,24 @@ def _decode_pyav(path: str, sampling: FrameSampling, cut: list[float] | None) ->
     return DecodedVideo(_rotate(frames, rotation), indices, total, fps, padded, "pyav", rotation)
 
 
+def _rgb(frame, size: tuple[int, int] | None) -> np.ndarray:
+    if size is None:
+        return frame.to_ndarray(format="rgb24")
+    return frame.to_ndarray(format="rgb24", width=size[1], height=size[0], interpolation="BILINEAR")
+
+
 def decode_video(
-    path: str, sampling: FrameSampling, cut: list[float] | None = None, backend: Backend = "auto"
+    path: str,
+    sampling: FrameSampling,
+    cut: list[float] | None = None,
+    backend: Backend = "auto",
+    size: tuple[int, int] | None = None,
 ) -> DecodedVideo:
-    """Decode only the frames ``sampling`` selects. ``auto`` tries decord, then PyAV when decord fails."""
+    """Decode only the frames ``sampling`` selects. ``auto`` tries decord, then PyAV when decord fails.
+
+    ``size`` = (H, W) has the decoder scale frames while decoding (FFmpeg's bilinear scaler; stored frame
+    size, before rotation), which saves memory and a copy for jobs that resize to a fixed size anyway.
+    """
     import os
 
     if not os.path.exists(path):
@@ -127,20 +146,20 @@ def decode_video(
     if os.path.isfile(path) and os.path.getsize(path) == 0:
         raise DecodeError(f"empty file (0 bytes): {path}")
     if backend == "decord":
-        return _decode_decord(path, sampling, cut)
+        return _decode_decord(path, sampling, cut, size)
     if backend == "pyav":
-        return _decode_pyav(path, sampling, cut)
+        return _decode_pyav(path, sampling, cut, size)
     try:
-        return _decode_decord(path, sampling, cut)
+        return _decode_decord(path, sampling, cut, size)
     except ImportError:
-        return _decode_pyav(path, sampling, cut)
+        return _decode_pyav(path, sampling, cut, size)
     except Exception as decord_error:  # decord.DECORDError is not a RuntimeError subclass
         from lit_features.data.sampling import ShortClipError
 
         if isinstance(decord_error, ShortClipError):
             raise
         try:
-            return _decode_pyav(path, sampling, cut)
+            return _decode_pyav(path, sampling, cut, size)
         except Exception as pyav_error:
             raise DecodeError(
                 f"decord: {type(decord_error).__name__}: {decord_error}; "

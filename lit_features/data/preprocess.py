@@ -54,8 +54,11 @@ class MediaLoader:
         finally:
             self.seconds += time.perf_counter() - started
 
-    def video(self, path: str, sampling: FrameSampling, cut: list[float] | None = None) -> DecodedVideo:
-        return self._call("video", path, sampling, cut, self.video_backend)
+    def video(
+        self, path: str, sampling: FrameSampling, cut: list[float] | None = None, size: tuple[int, int] | None = None
+    ) -> DecodedVideo:
+        """Frames of ``path`` chosen by ``sampling``; ``size`` = (H, W) scales them while decoding."""
+        return self._call("video", path, sampling, cut, self.video_backend, size)
 
     def image(self, path: str) -> Any:
         return self._call("image", path)

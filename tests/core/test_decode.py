@@ -71,3 +71,14 @@ def test_truncated_file_is_an_error_not_fewer_frames(media: Path, tmp_path: Path
 def test_images_decode_rgb(media: Path) -> None:
     img = decode_image(str(media / "chelsea.jpg"))
     assert img.shape == (300, 451, 3) and img.dtype == np.uint8
+
+
+def test_resize_while_decoding_agrees_between_backends(media: Path) -> None:
+    sampling = FrameSampling("uniform", 4)
+    a = decode_video(str(media / "cockatoo.mp4"), sampling, backend="decord", size=(180, 320))
+    b = decode_video(str(media / "cockatoo.mp4"), sampling, backend="pyav", size=(180, 320))
+    assert a.frames.shape == b.frames.shape == (4, 180, 320, 3)
+    full = decode_video(str(media / "cockatoo.mp4"), sampling, backend="pyav").frames
+    reference = full.reshape(4, 180, 4, 320, 4, 3).mean(axis=(2, 4))  # 4x box filter of the full frames
+    for frames in (a.frames, b.frames):
+        assert np.abs(frames.astype(float) - reference).mean() < 6.0  # both are real downscales of the same frames
