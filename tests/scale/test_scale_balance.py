@@ -99,7 +99,7 @@ class _Module:
 
 def _loader_keys(world: int, rank: int, manifest: str, skip: set[str], order: str) -> list[str]:
     dm = ManifestDataModule(manifest=manifest, order=order, num_workers=0, sandbox=False)
-    writer = SimpleNamespace(skip_keys=lambda: skip, attempt_log_path=lambda: None)
+    writer = SimpleNamespace(skip_keys=lambda samples=None: skip, attempt_log_path=lambda: None)
     dm.trainer = SimpleNamespace(
         world_size=world, global_rank=rank, callbacks=[writer], lightning_module=_Module(), accelerator=None
     )
