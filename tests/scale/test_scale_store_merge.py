@@ -1,12 +1,16 @@
-"""The end-of-run merge tolerates ranks that produced nothing, and runs even when no rank had a batch."""
+"""Per-rank logs: the merge tolerates ranks that produced nothing (or no batch at all), and every rank must
+see the same store (shared by all nodes)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
 
 from lit_features.store import layout
-from lit_features.store.writer import merge_store_logs
+from lit_features.store.writer import StoreNotSharedError, check_shared_store, merge_store_logs
 from tests.conftest import MEDIA
 
 
@@ -67,3 +71,39 @@ def test_a_run_with_nothing_left_still_rewrites_the_merged_index(tiny_models: Pa
     assert writer.summary["written"] == 0
     assert (out / layout.MERGED_INDEX).read_text() == first
     assert writer._thread is None  # the writer thread was stopped on the skipped rank too
+
+
+class _Strategy:
+    """Collectives of a 2-rank run seen from one rank: rank 0's token, and the other rank's answer."""
+
+    def __init__(self, token: str | None, other_missing: float):
+        self.token, self.other_missing, self.root_device = token, other_missing, "cpu"
+
+    def broadcast(self, obj, src=0):
+        return obj if self.token is None else self.token
+
+    def reduce(self, tensor, reduce_op="sum"):
+        return tensor + self.other_missing
+
+
+def _trainer(rank: int, token: str | None = None, other_missing: float = 0.0) -> SimpleNamespace:
+    return SimpleNamespace(world_size=2, global_rank=rank, strategy=_Strategy(token, other_missing))
+
+
+def test_every_rank_must_see_the_store_rank_0_prepared(tmp_path: Path) -> None:
+    shared, local = tmp_path / "shared", tmp_path / "node-local"
+    shared.mkdir()
+    local.mkdir()
+    check_shared_store(_trainer(0), shared)  # rank 0 writes its token; the other rank sees it
+    token = (shared / layout.RUN_TOKEN).read_text()
+    check_shared_store(_trainer(1, token), shared, wait_s=0.1)
+    with pytest.raises(StoreNotSharedError, match=r"1 of 2 ranks .*rank 1 on .* does not see it"):
+        check_shared_store(_trainer(1, token), local, wait_s=0.1)  # another node's private folder
+    with pytest.raises(StoreNotSharedError, match=r"1 of 2 ranks .*rank 0 on .* sees it.*shared by every node"):
+        check_shared_store(_trainer(0, other_missing=1.0), shared)  # rank 0 learns it from the reduce
+    stale = local / layout.RUN_TOKEN
+    stale.write_text("an earlier run")  # a leftover store from an earlier run is not the same store
+    with pytest.raises(StoreNotSharedError):
+        check_shared_store(_trainer(1, token), local, wait_s=0.1)
+    single = SimpleNamespace(world_size=1, global_rank=0, strategy=None)
+    check_shared_store(single, local / "absent")  # one rank: nothing to check
