@@ -17,7 +17,6 @@ from contextlib import nullcontext
 from typing import Any, Literal
 
 import torch
-from lightning.fabric.accelerators.registry import _AcceleratorRegistry
 from lightning.pytorch.accelerators import Accelerator, AcceleratorRegistry
 from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy, StrategyRegistry
@@ -122,7 +121,7 @@ class NPUAccelerator(Accelerator):
         return "npu"
 
     @classmethod
-    def register_accelerators(cls, accelerator_registry: _AcceleratorRegistry) -> None:
+    def register_accelerators(cls, accelerator_registry: Any) -> None:
         accelerator_registry.register(cls.name(), cls, description=cls.__name__, override=True)
 
 
