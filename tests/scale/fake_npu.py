@@ -1,13 +1,15 @@
 """A stand-in for ``torch_npu`` on a machine without Ascend hardware: names the private-use device ``npu``.
 
 ``install()`` does what importing the real package does to torch, minus kernels: renames the private-use
-backend to ``npu`` (process-global and irreversible, so only ever call this in a child process) and registers a
-``torch.npu`` module reporting ``FAKE_NPU_COUNT`` devices. It records the calls the NPU code path makes.
+backend to ``npu`` (process-global and irreversible, so only ever call this in a child process), registers a
+``torch.npu`` module reporting ``FAKE_NPU_COUNT`` devices, and makes ``torch_npu`` importable (with the names
+other libraries import from it once they see it). It records the calls the NPU code path makes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.machinery
 import os
 import sys
 import types
@@ -28,6 +30,10 @@ def stream(s: Stream):
     CALLS.append(("stream_enter", None))
     yield
     CALLS.append(("stream_exit", None))
+
+
+def _no_kernels(*args: Any, **kwargs: Any) -> Any:
+    raise RuntimeError("the fake torch_npu has no kernels")
 
 
 def make_module(count: int) -> types.ModuleType:
@@ -52,5 +58,8 @@ def install(count: int | None = None) -> types.ModuleType:
     torch.utils.rename_privateuse1_backend("npu")
     module = make_module(count)
     torch._register_device_module("npu", module)
-    sys.modules["torch_npu"] = types.ModuleType("torch_npu")
+    package = types.ModuleType("torch_npu")
+    package.__spec__ = importlib.machinery.ModuleSpec("torch_npu", loader=None)  # find_spec() callers see it
+    package.npu_fusion_attention = _no_kernels  # transformers imports it once it sees torch_npu
+    sys.modules["torch_npu"] = package
     return module
