@@ -8,6 +8,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks.progress import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from lit_features.accelerators import resolve_trainer_flags
 from lit_features.progress import SampleRateProgressBar
 from lit_features.store.writer import FeatureWriter
 
@@ -15,17 +16,20 @@ from lit_features.store.writer import FeatureWriter
 class FeatureTrainer(Trainer):
     """A Trainer whose ``predict`` keeps no outputs in memory by default (the writer persists them).
 
-    Unless a progress bar is configured (or disabled), it shows samples/s and failures during predict.
+    Unless a progress bar is configured (or disabled), it shows samples/s and failures during predict. Also
+    accepts ``accelerator="npu"`` (Ascend, when ``torch_npu`` is installed): the NPU accelerator, strategy and
+    precision are filled in by :func:`lit_features.accelerators.resolve_trainer_flags`.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs = resolve_trainer_flags(kwargs)
         callbacks = kwargs.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
         if kwargs.get("enable_progress_bar", True) is not False and not any(
             isinstance(c, ProgressBar) for c in callbacks
         ):
             kwargs["callbacks"] = [*callbacks, SampleRateProgressBar()]
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **kwargs)  # keep this form: jsonargparse reads Trainer's arguments through it
 
     def predict(
         self,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from lit_features.data.dataset import BatchCollator, SampleDataset
 from lit_features.data.decode_sandbox import DecodeSandbox
@@ -18,17 +20,67 @@ log = logging.getLogger(__name__)
 
 
 def estimate_cost(sample: Sample) -> float:
-    """Relative decode+model cost of a sample from what the manifest or the file system says (no decoding)."""
+    """Relative decode+model cost of a sample from what the manifest or the file system says (no decoding).
+
+    Frames x pixels when the entry says both (the frames of its ``cut`` when it has one), else the file size,
+    scaled to the ``cut`` when the entry's frame count is known.
+    """
     entry = sample.entry
-    frames = entry.get("num_frames") or 1
+    total = entry.get("num_frames")
+    cut = entry.get("cut")
+    frames = total or 1
+    if cut is not None:
+        end = min(cut[1], total) if total else cut[1]
+        frames = max(end - cut[0], 1)
     res = entry.get("resolution") or {}
     pixels = (res.get("height") or 0) * (res.get("width") or 0)
     if pixels:
         return float(frames * pixels)
     try:
-        return float(os.path.getsize(sample.source)) if sample.source else 1.0
+        size = float(os.path.getsize(sample.source)) if sample.source else 1.0
     except OSError:
         return 0.0
+    return size * min(frames / total, 1.0) if cut is not None and total else size
+
+
+def assign_to_ranks(costs: Sequence[float], world_size: int, how: Literal["strided", "greedy"]) -> list[list[int]]:
+    """Positions (into ``costs``) each rank processes, in order; every position goes to exactly one rank.
+
+    ``strided``: rank ``r`` takes ``r, r + W, r + 2W, ...`` (what Lightning's unrepeated sampler does).
+    ``greedy``: walk the positions in order (the caller sorts by cost, largest first) and give each to the rank
+    with the least total cost so far, ties to the lowest rank. Pure arithmetic on the same inputs, so every
+    rank computes the same assignment without talking to the others.
+    """
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    if how == "strided":
+        return [list(range(r, len(costs), world_size)) for r in range(world_size)]
+    shares: list[list[int]] = [[] for _ in range(world_size)]
+    heap = [(0.0, r) for r in range(world_size)]
+    for position, cost in enumerate(costs):
+        load, rank = heapq.heappop(heap)
+        shares[rank].append(position)
+        heapq.heappush(heap, (load + max(float(cost), 0.0), rank))
+    return shares
+
+
+class RankShardSampler(DistributedSampler):
+    """Yields one rank's precomputed share of the dataset (see :func:`assign_to_ranks`).
+
+    A ``DistributedSampler`` so that Lightning keeps it instead of wrapping the loader in its own strided one;
+    unlike that one it allows a rank with nothing to do (fewer samples left than ranks, e.g. on resume).
+    """
+
+    def __init__(self, dataset: Any, indices: list[int], num_replicas: int, rank: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        self.indices = list(indices)
+        self.num_samples = len(self.indices)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
 
 
 class ManifestDataModule(pl.LightningDataModule):
@@ -53,7 +105,9 @@ class ManifestDataModule(pl.LightningDataModule):
         decode_timeout_s: seconds a single decode may take before the sample fails and the decoder restarts.
         sandbox: decode in a child process (protects the run from decoder hangs and crashes).
         video_backend: ``auto`` (decord, then PyAV), ``decord`` or ``pyav``.
-        order: ``manifest`` order, or ``cost``: most expensive first, so a strided split gives balanced ranks.
+        order: how work is split over ranks. ``balanced`` (default): most expensive first, each sample given
+            to the rank with the least estimated work so far, so ranks finish close together; ``cost``: most
+            expensive first, dealt round-robin; ``manifest``: manifest order, dealt round-robin.
         limit: only the first ``limit`` samples (after resume filtering), for trial runs.
     """
 
@@ -70,7 +124,7 @@ class ManifestDataModule(pl.LightningDataModule):
         decode_timeout_s: float = 60.0,
         sandbox: bool = True,
         video_backend: Literal["auto", "decord", "pyav"] = "auto",
-        order: Literal["manifest", "cost"] = "cost",
+        order: Literal["manifest", "cost", "balanced"] = "balanced",
         limit: int | None = None,
     ):
         super().__init__()
@@ -91,6 +145,9 @@ class ManifestDataModule(pl.LightningDataModule):
         self.limit = limit
         self.samples: list[Sample] | None = None
         self.dataset: SampleDataset | None = None
+        self.costs: dict[str, float] = {}
+        # Fewer samples left than ranks is normal on resume: such a rank runs no batch (the writer still merges).
+        self.allow_zero_length_dataloader_with_multiple_devices = True
 
     # -- reading and validation
     def read_samples(self) -> list[Sample]:
@@ -129,8 +186,10 @@ class ManifestDataModule(pl.LightningDataModule):
         """Samples not in ``skip``, in the configured order (deterministic on every rank)."""
         assert self.samples is not None
         todo = [s for s in self.samples if s.key not in skip]
-        if self.order == "cost":
-            todo.sort(key=lambda s: (-estimate_cost(s), s.key))
+        if self.order in ("cost", "balanced"):
+            # One estimate per sample (it may stat the file): reused when the work is split over ranks.
+            self.costs = {s.key: estimate_cost(s) for s in todo}
+            todo.sort(key=lambda s: (-self.costs[s.key], s.key))
         return todo[: self.limit] if self.limit is not None else todo
 
     def build_dataset(
@@ -153,15 +212,25 @@ class ManifestDataModule(pl.LightningDataModule):
                 attempt_log = callback.attempt_log_path()
         return skip, attempt_log
 
-    def make_loader(self, dataset: SampleDataset, preprocessor: Preprocessor) -> DataLoader:
+    def rank_share(self, dataset: SampleDataset, world_size: int, rank: int) -> list[int]:
+        """Dataset positions this rank processes, from the estimated costs of everything left."""
+        if self.order != "balanced":  # costs play no part in a strided split
+            return assign_to_ranks([0.0] * len(dataset), world_size, "strided")[rank]
+        costs = [self.costs[s.key] if s.key in self.costs else estimate_cost(s) for s in dataset.samples]
+        return assign_to_ranks(costs, world_size, "greedy")[rank]
+
+    def make_loader(
+        self, dataset: SampleDataset, preprocessor: Preprocessor, sampler: RankShardSampler | None = None
+    ) -> DataLoader:
         pin = self.pin_memory
         if pin is None:
             pin = self.trainer is not None and type(self.trainer.accelerator).__name__ == "CUDAAccelerator"
-        workers = self.num_workers if len(dataset) > 0 else 0
+        workers = self.num_workers if len(sampler if sampler is not None else dataset) > 0 else 0
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=False,
+            sampler=sampler,
             num_workers=workers,
             prefetch_factor=self.prefetch_factor if workers > 0 else None,
             persistent_workers=False,
@@ -181,7 +250,11 @@ class ManifestDataModule(pl.LightningDataModule):
                 total - len(self.dataset),
                 len(self.dataset),
             )
-        return self.make_loader(self.dataset, preprocessor)
+        sampler = None
+        if self.trainer is not None and self.trainer.world_size > 1:
+            rank, world_size = self.trainer.global_rank, self.trainer.world_size
+            sampler = RankShardSampler(self.dataset, self.rank_share(self.dataset, world_size, rank), world_size, rank)
+        return self.make_loader(self.dataset, preprocessor, sampler)
 
     def state_dict(self) -> dict[str, Any]:
         return {}

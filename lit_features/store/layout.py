@@ -17,6 +17,7 @@ ATTEMPTS_DIR = "attempts"
 TMP_DIR = ".tmp"
 MERGED_INDEX = "index.jsonl"
 MERGED_FAILURES = "failures.jsonl"
+RUN_TOKEN = ".run_token"  # rewritten by rank 0 at every start: proves each rank sees the same store
 
 
 class UnsafePathError(ValueError):

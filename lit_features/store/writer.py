@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import shutil
+import socket
 import threading
 import time
 from collections import Counter
@@ -208,6 +210,7 @@ class FeatureWriter(BasePredictionWriter):
                 store.prepare(self.overwrite, self.world_size)
             shutil.rmtree(self._summary_dir(), ignore_errors=True)  # per-rank summaries of this run only
         trainer.strategy.barrier("lit_features_store_ready")
+        check_shared_store(trainer, next(iter(self.stores.values())).root)
         for store in self.stores.values():
             store.load_state(self.max_attempts)
         self._open_rank_files()
@@ -466,6 +469,46 @@ class FeatureWriter(BasePredictionWriter):
             self._finish(trainer)
         elif self._thread is not None:
             self._stop_thread()
+
+
+class StoreNotSharedError(RuntimeError):
+    """Some ranks do not see the store rank 0 prepared: the output directory is not shared by all nodes."""
+
+
+def check_shared_store(trainer: pl.Trainer, root: Path, wait_s: float = 30.0) -> None:
+    """Fail on every rank unless every rank sees the same ``root`` as rank 0 (a collective; no-op on one rank).
+
+    Ranks on other nodes resume from, and append to, the index files they see: with a node-local output
+    directory they would disagree about what is done and split the work differently (samples done twice or
+    never). Rank 0 writes a fresh token into ``root``; the others wait up to ``wait_s`` for it to show up (a
+    network filesystem may show a new file late), then all ranks compare notes.
+    """
+    if trainer.world_size <= 1:
+        return
+    marker = root / layout.RUN_TOKEN
+    token = f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}" if trainer.global_rank == 0 else None
+    if token is not None:
+        layout.atomic_write_text(marker, token)
+    token = trainer.strategy.broadcast(token, 0)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            sees = marker.read_text() == token
+        except OSError:
+            sees = False
+        if sees or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    missing = trainer.strategy.reduce(
+        torch.tensor(0.0 if sees else 1.0, device=trainer.strategy.root_device), reduce_op="sum"
+    )
+    if float(missing) > 0:
+        here = "sees it" if sees else "does not see it"
+        raise StoreNotSharedError(
+            f"{int(missing)} of {trainer.world_size} ranks do not see the feature store rank 0 prepared at {root} "
+            f"(rank {trainer.global_rank} on {socket.gethostname()} {here}). --writer.output_dir must be one folder "
+            "shared by every node (NFS, Lustre, GPFS, ...) at the same path."
+        )
 
 
 def merge_store_logs(root: Path) -> dict[str, int]:
