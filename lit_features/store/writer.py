@@ -118,6 +118,11 @@ class FeatureWriter(BasePredictionWriter):
             is recorded as failed instead of being retried forever.
         queue_size: batches waiting for the writer thread before the model waits for the disk.
         fsync: flush sample files to stable storage before renaming them into place.
+        embed_meta: also store each sample's metadata inside its file (the index always has it); turn off for
+            consumers that expect tensors only (e.g. MindSpeed-MM's ``.pt`` feature dicts).
+        export_jsonl: at the end, write this JSON Lines file in each store folder: one row per stored sample,
+            its manifest entry (the ``entry`` of its index metadata) plus ``file`` (its path relative to the
+            store), the ``data.jsonl`` form MindSpeed-MM's feature dataset reads.
     """
 
     def __init__(
@@ -130,6 +135,8 @@ class FeatureWriter(BasePredictionWriter):
         max_attempts: int = 3,
         queue_size: int = 8,
         fsync: bool = True,
+        embed_meta: bool = True,
+        export_jsonl: str | None = None,
     ):
         super().__init__(write_interval="batch")
         self.output_dir = Path(output_dir)
@@ -140,6 +147,10 @@ class FeatureWriter(BasePredictionWriter):
         self.max_attempts = max_attempts
         self.queue_size = queue_size
         self.fsync = fsync
+        self.embed_meta = embed_meta
+        if export_jsonl is not None and (Path(export_jsonl).is_absolute() or ".." in Path(export_jsonl).parts):
+            raise ValueError(f"export_jsonl must be a file name inside the output directory, got {export_jsonl!r}")
+        self.export_jsonl = export_jsonl
         self.stores: dict[str, _SubStore] = {}
         self.rank = 0
         self.world_size = 1
@@ -271,7 +282,7 @@ class FeatureWriter(BasePredictionWriter):
             groups = [("", record.tensors)]
         for name, tensors in groups:
             path = layout.resolve_sample_path(store.root, self.path_template, record.key, record.source, ext, name)
-            data = encode(self.codec, tensors, record.meta)
+            data = encode(self.codec, tensors, record.meta if self.embed_meta else {})
             inside = path.resolve().is_relative_to(store.root.resolve())
             layout.atomic_write(path, data, tmp_dir if inside else None, self.fsync)
             files.append(str(path.relative_to(store.root)) if inside else str(path))
@@ -346,6 +357,8 @@ class FeatureWriter(BasePredictionWriter):
         if self.rank == 0:
             for store in self.stores.values():
                 merge_store_logs(store.root)
+                if self.export_jsonl:
+                    export_entries_jsonl(store.root, self.export_jsonl)
             log.info("feature store %s: %s", self.output_dir, self.summary)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
@@ -376,6 +389,25 @@ def merge_store_logs(root: Path) -> dict[str, int]:
         root / layout.MERGED_FAILURES, "".join(json.dumps(failures[k]) + "\n" for k in sorted(failures))
     )
     return {"written": len(index), "failed": len(failures)}
+
+
+def export_entries_jsonl(root: Path, name: str) -> int:
+    """Write ``root/name``: per stored sample (latest index row, sorted by key) its manifest entry plus ``file``.
+
+    The entry is the ``entry`` field of the row's metadata (extractors that want this export put it there); a
+    row without one exports ``key`` instead. Returns the number of rows written.
+    """
+    index: dict[str, dict] = {}
+    for path in layout.rank_files(root, layout.INDEX_DIR):
+        for row in layout.read_jsonl_rows(path):
+            index[row["key"]] = row
+    lines = []
+    for key in sorted(index):
+        row = index[key]
+        entry = (row.get("meta") or {}).get("entry")
+        lines.append(json.dumps({**(entry if isinstance(entry, dict) else {"key": key}), "file": row["file"]}) + "\n")
+    layout.atomic_write_text(root / name, "".join(lines))
+    return len(lines)
 
 
 def tensor_nbytes(tensors: dict[str, torch.Tensor]) -> int:
