@@ -1,0 +1,1 @@
+"""Training-side datasets that read written features (and, on request, compute missing ones with the extractor)."""
