@@ -114,6 +114,7 @@ class WanVideoPreprocessor(Preprocessor):
     interpolation: Literal["bilinear", "bicubic"] = "bilinear"
     short_clip: Literal["fail", "pad_last"] = "fail"
     tokenizer_path: str = ""
+    tokenizer_subfolder: str = "tokenizer"
     max_length: int = 512
     i2v: Literal["none", "first_frame", "reference"] = "none"
     max_references: int = 4
@@ -160,7 +161,7 @@ class WanVideoPreprocessor(Preprocessor):
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path)
+            self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path, subfolder=self.tokenizer_subfolder)
         return self._tokenizer
 
     def tokens(self, caption: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -276,8 +277,9 @@ class WanTrainingFeatures(FeatureExtractor):
         tile_sample_stride_height: vertical tile stride in pixels (144 = 18 latent rows).
         tile_sample_stride_width: horizontal tile stride in pixels (128 = 16 latent columns).
         vae_dtype: VAE compute dtype (``float32`` as upstream).
+        image_encoder_dtype: CLIP compute dtype (``float32``, as Wan2.1 runs its CLIP).
         store_dtype: dtype of the stored features (``prompt_mask`` stays int64).
-        dtype: compute dtype of the text and image encoders.
+        dtype: compute dtype of the UMT5 text encoder (``bfloat16`` as upstream).
     """
 
     extractor_name = "wan_train"
@@ -305,6 +307,7 @@ class WanTrainingFeatures(FeatureExtractor):
         tile_sample_stride_height: int = 144,
         tile_sample_stride_width: int = 128,
         vae_dtype: str = "float32",
+        image_encoder_dtype: str = "float32",
         store_dtype: str = "bfloat16",
         dtype: str = "bfloat16",
         trust_remote_code: bool = False,
@@ -316,6 +319,8 @@ class WanTrainingFeatures(FeatureExtractor):
                 raise ValueError(f"{name} must be a positive multiple of 8 (the VAE's spatial stride), got {value}")
         if i2v not in ("none", "first_frame", "reference"):
             raise ValueError(f"i2v must be 'none', 'first_frame' or 'reference', got {i2v!r}")
+        if not target_fps or target_fps <= 0:
+            raise ValueError(f"target_fps must be a positive frame rate, got {target_fps!r}")
         if max_references < 1:
             raise ValueError(f"max_references must be >= 1, got {max_references}")
         if not 0 < tile_sample_stride_height <= tile_sample_min_height or not (
@@ -343,14 +348,12 @@ class WanTrainingFeatures(FeatureExtractor):
             "tile_sample_stride_width": tile_sample_stride_width,
         }
         self.vae_dtype = resolve_dtype(vae_dtype)
+        self.image_encoder_dtype = resolve_dtype(image_encoder_dtype)
         self.store_dtype = resolve_dtype(store_dtype)
         self._preprocessor: WanVideoPreprocessor | None = None
         self._blank_latents: dict[tuple, torch.Tensor] = {}
 
     # -- contract with the data side
-    def part(self, name: str) -> str:
-        return str(Path(self.model_path) / name) if Path(self.model_path).is_dir() else f"{self.model_path}/{name}"
-
     def clip_normalisation(self) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
         """(size, mean, std) from ``image_processor/preprocessor_config.json`` when present, else CLIP's."""
         file = Path(self.model_path) / "image_processor" / "preprocessor_config.json"
@@ -372,7 +375,7 @@ class WanTrainingFeatures(FeatureExtractor):
                 size_rule=self.size_rule,
                 interpolation=self.interpolation,
                 short_clip=self.short_clip,
-                tokenizer_path=self.part("tokenizer"),
+                tokenizer_path=self.model_path,
                 max_length=self.max_length,
                 i2v=self.i2v,
                 max_references=self.max_references,
@@ -394,11 +397,11 @@ class WanTrainingFeatures(FeatureExtractor):
         parts: dict[str, torch.nn.Module] = {"vae": vae}
         with quiet_transformers():
             parts["text_encoder"] = UMT5EncoderModel.from_pretrained(
-                self.part("text_encoder"), dtype=self.compute_dtype
+                self.model_path, subfolder="text_encoder", dtype=self.compute_dtype
             )
             if self.i2v != "none":
                 parts["image_encoder"] = CLIPVisionModel.from_pretrained(
-                    self.part("image_encoder"), dtype=self.compute_dtype
+                    self.model_path, subfolder="image_encoder", dtype=self.image_encoder_dtype
                 )
         self._blank_latents = {}
         return torch.nn.ModuleDict(parts)
@@ -435,7 +438,7 @@ class WanTrainingFeatures(FeatureExtractor):
         """CLIP vision ``hidden_states[-2]`` ``[N, 257, D]`` of ``pixels [N, 3, 224, 224]``."""
         assert self.model is not None
         out = self.model["image_encoder"](
-            pixel_values=pixels.to(self.device, self.compute_dtype), output_hidden_states=True
+            pixel_values=pixels.to(self.device, self.image_encoder_dtype), output_hidden_states=True
         )
         return out.hidden_states[-2]
 

@@ -178,3 +178,43 @@ def test_odd_frame_count_is_refused_at_start(tiny_models, tmp_path):
     with pytest.raises(ValueError, match=r"num_frames must have the form 4k\+1 .* got 48 \(nearest valid: 45 or 49\)"):
         main([*args, "--writer.output_dir", str(tmp_path / "never")])
     assert not (tmp_path / "never").exists()  # refused before anything was read or written
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        (
+            "flashi2v_features.yaml",
+            dict(num_frames=49, height=480, width=832, size_rule="resize_then_crop", i2v="none"),
+        ),
+        ("wan_train_features.yaml", dict(num_frames=81, height=720, width=1280, size_rule="crop_then_resize")),
+    ],
+)
+def test_shipped_configs_build_the_documented_extractor(tiny_models, name, expected):
+    import yaml
+
+    config = yaml.safe_load((REPO_ROOT / "configs" / name).read_text())
+    assert config["model"]["class_path"] == "lit_features.extractors.wan.WanTrainingFeatures"
+    assert config["data"]["class_path"] == "lit_features.data.datamodule.ManifestDataModule"
+    assert config["writer"]["codec"] == "pt" and config["writer"]["export_jsonl"] == "data.jsonl"
+    args = {**config["model"]["init_args"], "model_path": str(tiny_models / WAN)}
+    pre = WanTrainingFeatures(**args).preprocessor()
+    assert {k: getattr(pre, k) for k in expected} == expected and pre.target_fps == 16
+
+
+def test_bindweave_config_with_reference_images(tiny_models, media, tmp_path):
+    """configs/wan_train_features.yaml (reference I2V, tiling on) end to end, at a small size."""
+    entry = {"path": "cockatoo.mp4", "cap": "A bird.", "images": ["chelsea.jpg", "astronaut.png"]}
+    manifest = write_manifest(tmp_path / "data.json", [entry])
+    out = tmp_path / "store"
+    config = str(REPO_ROOT / "configs" / "wan_train_features.yaml")
+    args = ["predict", "--config", config, "--data.manifest", manifest, "--data.root", str(media)]
+    args += ["--writer.output_dir", str(out), "--model.model_path", str(tiny_models / WAN)]
+    args += ["--model.num_frames", "5", "--model.height", "32", "--model.width", "48", "--data.num_workers", "0"]
+    assert main(args) == 0
+    (row,) = [json.loads(line) for line in (out / "data.jsonl").read_text().splitlines()]
+    data = torch.load(out / row["file"], weights_only=True)
+    assert data["video"].shape == (16, 2, 4, 6)
+    assert data["i2v_vae_feature"].shape == (20, 4 + 2, 4, 6) and data["i2v_clip_feature"].shape == (4 * 257, 32)
+    assert data["i2v_vae_feature"][0, :2].any() and not data["i2v_vae_feature"][:, 2:4].any()  # 2 of 4 slots
+    assert row["images"] == [str(media / "chelsea.jpg"), str(media / "astronaut.png")]
