@@ -131,6 +131,11 @@ class FeatureWriter(BasePredictionWriter):
         export_fields: entry field for each tensor name's file, e.g. ``{hidden_states: hidden_states_path}``;
             only the listed names are added. Default: ``<name>_path`` per tensor file with a ``{name}``
             template, else ``feature_path``.
+        embed_meta: also store each sample's metadata inside its file (the index always has it); turn off for
+            consumers that expect tensors only (e.g. MindSpeed-MM's ``.pt`` feature dicts).
+        export_jsonl: at the end, write this JSON Lines file in each store folder: one row per stored sample,
+            its manifest entry (the ``entry`` of its index metadata) plus ``file`` (its path relative to the
+            store), the ``data.jsonl`` form MindSpeed-MM's feature dataset reads.
     """
 
     def __init__(
@@ -146,6 +151,8 @@ class FeatureWriter(BasePredictionWriter):
         skip_existing: bool = False,
         export_manifest: str | None = None,
         export_fields: dict[str, str] | None = None,
+        embed_meta: bool = True,
+        export_jsonl: str | None = None,
     ):
         super().__init__(write_interval="batch")
         if skip_existing and "{name}" in path_template:
@@ -161,6 +168,10 @@ class FeatureWriter(BasePredictionWriter):
         self.skip_existing = skip_existing
         self.export_manifest = export_manifest
         self.export_fields = export_fields
+        self.embed_meta = embed_meta
+        if export_jsonl is not None and (Path(export_jsonl).is_absolute() or ".." in Path(export_jsonl).parts):
+            raise ValueError(f"export_jsonl must be a file name inside the output directory, got {export_jsonl!r}")
+        self.export_jsonl = export_jsonl
         self.stores: dict[str, _SubStore] = {}
         self.rank = 0
         self.world_size = 1
@@ -348,7 +359,7 @@ class FeatureWriter(BasePredictionWriter):
             groups = [("", record.tensors)]
         for name, tensors in groups:
             path = layout.resolve_sample_path(store.root, self.path_template, record.key, record.source, ext, name)
-            data = encode(self.codec, tensors, record.meta)
+            data = encode(self.codec, tensors, record.meta if self.embed_meta else {})
             inside = path.resolve().is_relative_to(store.root.resolve())
             layout.atomic_write(path, data, tmp_dir if inside else None, self.fsync)
             files.append(str(path.relative_to(store.root)) if inside else str(path))
@@ -435,6 +446,9 @@ class FeatureWriter(BasePredictionWriter):
         if self.rank == 0:
             for store in self.stores.values():
                 merge_store_logs(store.root)
+            if self.export_jsonl:
+                for store in self.stores.values():
+                    export_entries_jsonl(store.root, self.export_jsonl)
             run = reduce_run_summaries(summary_dir)
             layout.atomic_write_text(self._summary_dir().parent / "run_summary.json", json.dumps(run, indent=2))
             log_run_summary(trainer, run)
@@ -589,6 +603,25 @@ def export_manifest_with_features(
         out[sample.key] = entry
     layout.atomic_write_text(target, json.dumps(out, indent=4, default=str))
     return done
+
+
+def export_entries_jsonl(root: Path, name: str) -> int:
+    """Write ``root/name``: per stored sample (latest index row, sorted by key) its manifest entry plus ``file``.
+
+    The entry is the ``entry`` field of the row's metadata (extractors that want this export put it there); a
+    row without one exports ``key`` instead. Returns the number of rows written.
+    """
+    index: dict[str, dict] = {}
+    for path in layout.rank_files(root, layout.INDEX_DIR):
+        for row in layout.read_jsonl_rows(path):
+            index[row["key"]] = row
+    lines = []
+    for key in sorted(index):
+        row = index[key]
+        entry = (row.get("meta") or {}).get("entry")
+        lines.append(json.dumps({**(entry if isinstance(entry, dict) else {"key": key}), "file": row["file"]}) + "\n")
+    layout.atomic_write_text(root / name, "".join(lines))
+    return len(lines)
 
 
 def tensor_nbytes(tensors: dict[str, torch.Tensor]) -> int:

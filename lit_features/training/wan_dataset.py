@@ -1,0 +1,217 @@
+"""Datasets a Wan2.1 trainer reads: clips from a ``wan_train`` feature store, or from MindSpeed-MM's ``data.jsonl``.
+
+:class:`WanTrainingDataset` returns, per clip, the stored ``video`` latent, ``prompt_ids`` (UMT5 embedding),
+``prompt_mask``, any I2V keys, and the ``caption``. Given a manifest it trains on the manifest's clips; a clip the
+store lacks raises a ``KeyError`` naming it, or, with ``compute_missing=True``, is computed on the fly by the same
+extractor the store was written with (rebuilt from the store's fingerprint, and refused if it would compute
+different numbers), through the extractor's own preprocessor and ``predict_step``, so a partly cached dataset
+trains on exactly what a full extraction would have stored.
+
+:class:`JsonlFeatureDataset` reads the ``data.jsonl`` + ``.pt`` layout the way upstream trainers do: each row's
+``file`` (relative to the data folder) is a ``torch.save`` dict whose ``video``, ``prompt_ids`` and
+``prompt_mask`` are taken out and whose other keys are passed through. It loads with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from lit_features.data.dataset import BatchCollator, SampleDataset
+from lit_features.data.decode_sandbox import DecodeSandbox
+from lit_features.data.manifest import ManifestError, Sample, read_manifests
+from lit_features.data.preprocess import EntryError
+from lit_features.extractors.wan import WanTrainingFeatures
+from lit_features.store.fingerprint import describe_difference, fingerprint_hash
+from lit_features.store.reader import FeatureStore
+
+FEATURE_KEYS = ("video", "prompt_ids", "prompt_mask")
+
+
+class MissingFeaturesError(KeyError):
+    """A clip the training set needs is not in the store and on-the-fly computation is off."""
+
+
+def extractor_for_store(store: FeatureStore, model_path: str, check: bool = True) -> WanTrainingFeatures:
+    """Rebuild the extractor that wrote ``store`` (its init arguments are in the store's fingerprint).
+
+    With ``check``, refuse when the rebuilt extractor's fingerprint differs from the store's (different weights
+    at ``model_path``, or a newer preprocessing), since its features would not match the cached ones.
+    """
+    stored = store.info.get("fingerprint", {})
+    if stored.get("extractor") != WanTrainingFeatures.extractor_name:
+        raise ValueError(f"{store.root} was written by {stored.get('extractor')!r}, not by 'wan_train'")
+    extractor = WanTrainingFeatures(model_path=model_path, **stored.get("params", {}))
+    current = {**extractor.fingerprint(), "writer": stored.get("writer", {})}
+    if check and fingerprint_hash(current) != store.fingerprint:
+        raise ValueError(
+            f"features computed with {model_path} would differ from those in {store.root}:\n"
+            f"{describe_difference(stored, current)}"
+        )
+    return extractor
+
+
+class WanTrainingDataset(Dataset):
+    """Per clip: ``{"key", "caption", "video", "prompt_ids", "prompt_mask", <I2V keys>, "source", "cached"}``.
+
+    Args:
+        store: folder of a store written by the ``wan_train`` extractor (any codec), or ``None`` when nothing
+            is cached yet (then ``compute_missing`` and ``extractor`` are required).
+        manifest: the clips to train on (any manifest form ``predict`` takes); default: every clip in the store.
+            Use the manifest the store was written from, so keys match.
+        root: folder relative manifest paths are joined onto.
+        compute_missing: compute clips missing from the store with the extractor instead of raising.
+        extractor: the extractor to compute with; default: rebuilt from the store's fingerprint with
+            ``model_path``.
+        model_path: the weights folder for the rebuilt extractor.
+        check_fingerprint: refuse an extractor whose features would differ from the store's.
+        decode_timeout_s: seconds one on-the-fly decode may take.
+        sandbox: decode on-the-fly clips in a child process (protects training from decoder crashes).
+    """
+
+    def __init__(
+        self,
+        store: str | os.PathLike | None,
+        manifest: str | Sequence[str] | None = None,
+        root: str | None = None,
+        compute_missing: bool = False,
+        extractor: WanTrainingFeatures | None = None,
+        model_path: str | None = None,
+        check_fingerprint: bool = True,
+        decode_timeout_s: float = 60.0,
+        sandbox: bool = True,
+    ):
+        self.store = FeatureStore(store) if store is not None else None
+        if self.store is None and not (compute_missing and (extractor is not None)):
+            raise ValueError("without a store, give compute_missing=True and an extractor")
+        if manifest is not None:
+            self.samples: list[Sample] | None = read_manifests(manifest, root)
+            self.keys = [s.key for s in self.samples]
+        else:
+            if self.store is None:
+                raise ValueError("without a store, give the manifest of the clips to compute")
+            self.samples = None
+            self.keys = self.store.keys()
+        self.compute_missing = compute_missing
+        if compute_missing and extractor is None:
+            if model_path is None:
+                raise ValueError("compute_missing needs the extractor, or model_path to rebuild it from the store")
+            assert self.store is not None
+            extractor = extractor_for_store(self.store, model_path, check_fingerprint)
+        self.extractor = extractor
+        self.decode_timeout_s = decode_timeout_s
+        self.sandbox = sandbox
+        self._online: SampleDataset | None = None
+        if compute_missing and self.samples is not None:
+            self._validate_missing()
+
+    def _validate_missing(self) -> None:
+        """Manifest-time checks of the clips that will be computed (a bad caption fails now, not mid-epoch)."""
+        assert self.extractor is not None and self.samples is not None
+        preprocessor = self.extractor.preprocessor()
+        for sample in self.samples:
+            if self.store is not None and sample.key in self.store:
+                continue
+            try:
+                preprocessor.validate(sample)
+            except EntryError as err:
+                raise ManifestError(sample.manifest, str(err), sample.index, err.field) from None
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def missing(self) -> list[str]:
+        """Keys of the training set that the store does not hold."""
+        return [k for k in self.keys if self.store is None or k not in self.store]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        key = self.keys[index]
+        if self.store is not None and key in self.store:
+            meta = self.store.meta(key)
+            item = {"key": key, "source": self.store.row(key).get("source"), **self.store[key]}
+            item["caption"] = meta.get("caption", (meta.get("entry") or {}).get("cap"))
+            item["cached"] = True
+            return item
+        if not self.compute_missing:
+            raise MissingFeaturesError(
+                f"no features for clip {key!r} in {self.store.root if self.store else 'the store'}; extract them "
+                "with predict (resume fills the gaps) or pass compute_missing=True"
+            )
+        return self.compute(index)
+
+    def compute(self, index: int) -> dict[str, Any]:
+        """Features of clip ``index`` by the extractor: its preprocessor, collate and ``predict_step``."""
+        assert self.extractor is not None and self.samples is not None
+        if self._online is None:
+            sandbox = DecodeSandbox(self.decode_timeout_s, enabled=self.sandbox)
+            self._online = SampleDataset(self.samples, self.extractor.preprocessor(), sandbox)
+        if self.extractor.model is None:
+            self.extractor.configure_model()
+        batch = BatchCollator(self._online.preprocessor)([self._online[index]])
+        # no_grad, not inference_mode: the features may feed ops that save their inputs for backward.
+        with torch.no_grad():
+            output = self.extractor.predict_step(batch, index)
+        if output.failures or not output.records:
+            failure = output.failures[0]
+            raise RuntimeError(
+                f"clip {failure.key!r} ({failure.source}) failed at {failure.stage}: {failure.error}: {failure.message}"
+            )
+        record = output.records[0]
+        return {
+            "key": record.key,
+            "source": record.source,
+            **{k: v.cpu() for k, v in record.tensors.items()},
+            "caption": record.meta.get("caption"),
+            "cached": False,
+        }
+
+
+def collate_wan_batch(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack same-shaped tensors; right-pad ``prompt_ids``/``prompt_mask`` (dim 1) when stored unpadded."""
+    out: dict[str, Any] = {}
+    for name in items[0]:
+        values = [item[name] for item in items]
+        if not isinstance(values[0], torch.Tensor):
+            out[name] = values
+            continue
+        if name in ("prompt_ids", "prompt_mask") and len({v.shape[1] for v in values}) > 1:
+            length = max(v.shape[1] for v in values)
+            values = [
+                torch.cat([v, v.new_zeros((v.shape[0], length - v.shape[1], *v.shape[2:]))], dim=1) for v in values
+            ]
+        out[name] = torch.stack(values) if len({tuple(v.shape) for v in values}) == 1 else values
+    return out
+
+
+class JsonlFeatureDataset(Dataset):
+    """Rows of a ``data.jsonl`` whose ``file`` points at ``.pt`` feature dicts, read as MindSpeed-MM reads them.
+
+    Args:
+        data_path: the JSON Lines index (``data.jsonl``).
+        data_folder: folder the ``file`` fields are relative to (default: the index's folder).
+    """
+
+    def __init__(self, data_path: str | os.PathLike, data_folder: str | os.PathLike | None = None):
+        self.data_path = Path(data_path)
+        self.data_folder = Path(data_folder) if data_folder is not None else self.data_path.parent
+        with open(self.data_path, encoding="utf-8") as fh:
+            self.rows = [json.loads(line) for line in fh if line.strip()]
+        for i, row in enumerate(self.rows, start=1):
+            if not isinstance(row.get("file"), str):
+                raise ManifestError(self.data_path, "missing the feature file path", i, "file")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path = self.data_folder / self.rows[index]["file"]
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        example = {name: data.pop(name, None) for name in FEATURE_KEYS}
+        example.update(data)  # extra keys (I2V conditions, hidden states) pass through, as upstream
+        return example

@@ -1,0 +1,230 @@
+"""Wan training features: clips/s of the Lightning pipeline vs a naive loop, and VAE peak memory tiled vs untiled.
+
+Rows:
+- ``pipeline`` / ``naive_loop``: the same clips (cuts of the bundled sample videos), the same tiny stand-in
+  models and extractor settings (21 frames at 16 fps, 64x112, fp32): ``trainer.predict`` with the
+  ManifestDataModule (2 decode workers) and the FeatureWriter, against a plain loop that decodes, preprocesses,
+  encodes and ``torch.save``s one clip after the other. One extractor, loaded and warmed up before timing, serves
+  both; the two alternate and the best of 2 runs each is kept (1 with ``--quick``). ``steady_clips_per_s``
+  counts from the first finished clip to the last, leaving out start-up (Trainer set-up, worker and decoder
+  processes starting, the first decode).
+- ``vae_untiled`` / ``vae_tiled``: peak resident memory of encoding the 1280x720 cockatoo clip (first 5 frames,
+  1 with ``--quick``) with the tiny Wan VAE, untiled and with the upstream tiles (272 px, stride 144x128), each in
+  a fresh subprocess (resident memory polled every 2 ms during the encode, minus the resident memory just
+  before it, so loading and decoding do not count), plus the tiled latent's relative RMS difference from the
+  untiled one. Linux only (reads ``/proc/self/statm``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+MEDIA = ROOT / "samples" / "media"
+SETTINGS = dict(num_frames=21, height=64, width=112, dtype="float32", store_dtype="bfloat16")
+CLIPS = [
+    ("v_GGSY1Qvo990.mp4", [0, 100]),
+    ("v_GGSY1Qvo990.mp4", [100, 200]),
+    ("v_GGSY1Qvo990.mp4", [200, 300]),
+    ("cockatoo.mp4", [0, 100]),
+    ("cockatoo.mp4", [100, 200]),
+    ("v_GGSY1Qvo990.mp4", [50, 150]),
+    ("cockatoo.mp4", [150, 250]),
+    ("v_GGSY1Qvo990.mp4", [250, 355]),
+]
+
+MEMORY_SCRIPT = r"""
+import json, os, sys, threading, time, torch
+from diffusers import AutoencoderKLWan
+from lit_features.data.media import decode_video
+from lit_features.data.sampling import FrameSampling
+from lit_features.data.transforms import normalize, to_tensor
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+def rss():
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * PAGE
+
+path, vae_dir, frames, tiled = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
+vae = AutoencoderKLWan.from_pretrained(vae_dir, subfolder="vae").eval()
+if tiled:
+    vae.enable_tiling(tile_sample_min_height=272, tile_sample_min_width=272,
+                      tile_sample_stride_height=144, tile_sample_stride_width=128)
+clip = decode_video(path, FrameSampling("fps", frames, 20.0))
+x = normalize(to_tensor(clip.frames), "half").permute(1, 0, 2, 3)[None].contiguous()
+del clip
+base, peak, done = rss(), [0], threading.Event()
+def poll():  # resident-set high-water mark during the encode only
+    while not done.is_set():
+        peak[0] = max(peak[0], rss())
+        time.sleep(0.002)
+watcher = threading.Thread(target=poll, daemon=True)
+watcher.start()
+start = time.perf_counter()
+with torch.no_grad():
+    z = vae.encode(x).latent_dist.mode()
+seconds = time.perf_counter() - start
+done.set()
+watcher.join()
+torch.save(z, sys.argv[5])
+print(json.dumps({"peak_mib": (max(peak[0], rss()) - base) / 2**20, "input_mib": x.numel() * 4 / 2**20,
+                  "seconds": seconds, "shape": list(x.shape), "latent": list(z.shape)}))
+"""
+
+
+def _manifest(folder: Path, count: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = [{"path": name, "cap": f"Clip {i} of a sample video.", "cut": cut} for i, (name, cut) in enumerate(CLIPS)]
+    path = folder / "clips.json"
+    path.write_text(json.dumps(entries[:count]))
+    return path
+
+
+def _extractor(model_path: Path):
+    from lit_features.extractors.wan import WanTrainingFeatures
+
+    extractor = WanTrainingFeatures(model_path=str(model_path), **SETTINGS)
+    extractor.configure_model()
+    return extractor
+
+
+def steady_rate(ends: list[float]) -> float:
+    """Clips/s between the first and the last finished clip (start-up costs excluded)."""
+    return (len(ends) - 1) / (ends[-1] - ends[0]) if len(ends) > 1 and ends[-1] > ends[0] else 0.0
+
+
+def run_pipeline(extractor: Any, manifest: Path, out: Path) -> tuple[float, list[float]]:
+    """Seconds for ``trainer.predict`` over the manifest (weights already loaded), and each batch's end time."""
+    from lightning.pytorch.callbacks import Callback
+
+    from lit_features.cli import FeatureTrainer
+    from lit_features.data.datamodule import ManifestDataModule
+    from lit_features.store.writer import FeatureWriter
+
+    datamodule = ManifestDataModule(manifest=str(manifest), root=str(MEDIA), batch_size=1, num_workers=2)
+    writer = FeatureWriter(str(out), codec="pt", path_template="features/{key}{ext}", embed_meta=False)
+    ends: list[float] = []
+
+    class BatchClock(Callback):
+        def on_predict_batch_end(self, *args: Any, **kwargs: Any) -> None:
+            ends.append(time.perf_counter())
+
+    trainer = FeatureTrainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        callbacks=[writer, BatchClock()],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    started = time.perf_counter()
+    trainer.predict(extractor, datamodule=datamodule)
+    return time.perf_counter() - started, ends
+
+
+def run_naive(extractor: Any, manifest: Path, out: Path) -> tuple[float, list[float]]:
+    """Seconds for a sequential decode -> preprocess -> encode -> torch.save loop, and each clip's end time."""
+    import torch
+
+    from lit_features.data.dataset import BatchCollator
+    from lit_features.data.decode_sandbox import DecodeSandbox
+    from lit_features.data.manifest import read_manifests
+    from lit_features.data.preprocess import MediaLoader
+
+    preprocessor = extractor.preprocessor()
+    media = MediaLoader(DecodeSandbox(enabled=False))
+    collate = BatchCollator(preprocessor)
+    out.mkdir(parents=True, exist_ok=True)
+    ends = []
+    started = time.perf_counter()
+    for sample in read_manifests(str(manifest), str(MEDIA)):
+        prepared = preprocessor(sample, media)
+        batch = collate([{"ok": True, "sample": sample, "inputs": prepared.inputs, "meta": prepared.meta}])
+        with torch.no_grad():
+            (features,) = extractor.extract(batch.inputs, batch)
+        torch.save(features, out / f"{sample.key}.pt")
+        ends.append(time.perf_counter())
+    return time.perf_counter() - started, ends
+
+
+def measure_vae_memory(model_path: Path, frames: int, tiled: bool, latent_out: Path) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    args = [sys.executable, "-c", MEMORY_SCRIPT, str(MEDIA / "cockatoo.mp4"), str(model_path), str(frames)]
+    proc = subprocess.run(
+        [*args, "1" if tiled else "0", str(latent_out)], capture_output=True, text=True, env=env, check=True
+    )
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    import torch
+
+    sys.path[:0] = [str(ROOT)]
+    from tools.tiny_models import wan as tiny_wan
+
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        (model_path,) = tiny_wan.make(tmp / "models")
+        count = 4 if quick else len(CLIPS)
+        extractor = _extractor(model_path)
+        run_naive(extractor, _manifest(tmp / "warm", 1), tmp / "warm" / "out")  # first-call costs out of the timing
+        manifest = _manifest(tmp, count)
+        # Alternate the two and keep the best of each: the machine may be shared and noisy.
+        naive_runs, pipeline_runs = [], []
+        for repeat in range(1 if quick else 2):
+            naive_runs.append(run_naive(extractor, manifest, tmp / f"naive{repeat}"))
+            pipeline_runs.append(run_pipeline(extractor, manifest, tmp / f"pipeline{repeat}"))
+        (naive_s, naive_ends), (pipeline_s, pipeline_ends) = min(naive_runs), min(pipeline_runs)
+        frames = 1 if quick else 5
+        untiled = measure_vae_memory(model_path, frames, False, tmp / "untiled.pt")
+        tiled = measure_vae_memory(model_path, frames, True, tmp / "tiled.pt")
+        a, b = torch.load(tmp / "untiled.pt"), torch.load(tmp / "tiled.pt")
+        rel_rms = float((a - b).pow(2).mean().sqrt() / a.pow(2).mean().sqrt())
+    rows = [
+        {
+            "case": "pipeline",
+            "clips": count,
+            "seconds": pipeline_s,
+            "clips_per_s": count / pipeline_s,
+            "steady_clips_per_s": steady_rate(pipeline_ends),
+        },
+        {
+            "case": "naive_loop",
+            "clips": count,
+            "seconds": naive_s,
+            "clips_per_s": count / naive_s,
+            "steady_clips_per_s": steady_rate(naive_ends),
+        },
+        {
+            "case": "vae_untiled",
+            "input": "x".join(map(str, untiled["shape"])),
+            "peak_mib": untiled["peak_mib"],
+            "seconds": untiled["seconds"],
+        },
+        {
+            "case": "vae_tiled_272_s144x128",
+            "input": "x".join(map(str, tiled["shape"])),
+            "peak_mib": tiled["peak_mib"],
+            "seconds": tiled["seconds"],
+        },
+    ]
+    return {
+        "rows": rows,
+        "metrics": {
+            "wan_pipeline_clips_per_s": count / pipeline_s,
+            "wan_naive_clips_per_s": count / naive_s,
+            "wan_pipeline_vs_naive": naive_s / pipeline_s,
+            "wan_pipeline_vs_naive_steady": steady_rate(pipeline_ends) / max(steady_rate(naive_ends), 1e-9),
+            "wan_vae_peak_mib_untiled": untiled["peak_mib"],
+            "wan_vae_peak_mib_tiled": tiled["peak_mib"],
+            "wan_vae_tiled_peak_ratio": tiled["peak_mib"] / untiled["peak_mib"] if untiled["peak_mib"] else 0.0,
+            "wan_vae_tiled_rel_rms_diff": rel_rms,
+        },
+    }
