@@ -26,8 +26,8 @@ def _manifest(folder: Path, repeats: int) -> Path:
     entries = []
     for r in range(repeats):
         entries += [
-            {"path": str(MEDIA / "v_GGSY1Qvo990.mp4"), "cut": [r * 20, 355]},
-            {"path": str(MEDIA / "cockatoo.mp4"), "cut": [r * 20, 280]},
+            {"path": str(MEDIA / "v_GGSY1Qvo990.mp4"), "cut": [r * 10, 355]},
+            {"path": str(MEDIA / "cockatoo.mp4"), "cut": [r * 10, 280]},
             {"path": str(MEDIA / "realshort.mp4"), "cut": [r, 36]},
         ]
     path = folder / "bench.json"
@@ -63,7 +63,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     from lit_features.store import FeatureWriter
     from tools.tiny_models.hf_vision import make_siglip
 
-    repeats = 3 if quick else 8
+    repeats = 3 if quick else 16  # enough samples that start-up (workers, decoders) is a small share
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model_dir = make_siglip(tmp / "models")
