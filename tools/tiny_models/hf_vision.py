@@ -9,25 +9,12 @@ from __future__ import annotations
 
 import json
 import pathlib
-import shutil
 
 import torch
 
+from tools.tiny_models._guard import replace_stand_in_dir
+
 MARKER = "tiny_random_stand_in"
-
-
-def _guard(target: pathlib.Path) -> None:
-    if not target.exists():
-        return
-    try:
-        marked = json.loads((target / "config.json").read_text()).get(MARKER) is True
-    except (OSError, ValueError):
-        marked = False
-    if not marked:
-        raise FileExistsError(
-            f"{target} exists and is not a tiny stand-in (no '{MARKER}' in its config.json); refusing to overwrite it."
-        )
-    shutil.rmtree(target)
 
 
 def _save(model: torch.nn.Module, target: pathlib.Path, mean: list[float], std: list[float], size: int) -> None:
@@ -41,7 +28,7 @@ def make_siglip(out_root: pathlib.Path) -> pathlib.Path:
     from transformers import SiglipConfig, SiglipModel
 
     target = pathlib.Path(out_root) / "siglip-so400m-patch14-384"
-    _guard(target)
+    replace_stand_in_dir(target)
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, patch_size=14)
     text = dict(
         hidden_size=32,
@@ -63,7 +50,7 @@ def make_clip(out_root: pathlib.Path) -> pathlib.Path:
     from transformers import CLIPConfig, CLIPModel
 
     target = pathlib.Path(out_root) / "clip-vit-large-patch14"
-    _guard(target)
+    replace_stand_in_dir(target)
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, patch_size=14)
     text = dict(
         hidden_size=32,

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import json
 import pathlib
-import shutil
 
 import torch
+
+from tools.tiny_models._guard import replace_stand_in_dir
 
 MARKER = "tiny_random_stand_in"
 TARGET = "Qwen2.5-VL-7B-Instruct"
@@ -117,20 +118,6 @@ IMAGE_PROCESSOR = {
 }
 
 
-def _guard(target: pathlib.Path) -> None:
-    if not target.exists():
-        return
-    try:
-        marked = json.loads((target / "config.json").read_text()).get(MARKER) is True
-    except (OSError, ValueError):
-        marked = False
-    if not marked:
-        raise FileExistsError(
-            f"{target} exists and is not a tiny stand-in (no '{MARKER}' in its config.json); refusing to overwrite it."
-        )
-    shutil.rmtree(target)
-
-
 def build_tokenizer():  # -> PreTrainedTokenizerFast
     """A byte-level BPE with the Qwen pre-tokeniser and special tokens appended after the ordinary vocabulary."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -164,7 +151,7 @@ def make_qwen(out_root: pathlib.Path) -> pathlib.Path:
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     target = pathlib.Path(out_root) / TARGET
-    _guard(target)
+    replace_stand_in_dir(target)
     tokenizer = build_tokenizer()
     ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in SPECIAL_TOKENS}
     vocab_size = (len(tokenizer) + 63) // 64 * 64  # padded like the real embedding table

@@ -11,29 +11,16 @@ from __future__ import annotations
 
 import json
 import pathlib
-import shutil
 
 import torch
+
+from tools.tiny_models._guard import replace_stand_in_dir
 
 MARKER = "tiny_random_stand_in"
 # Ten times the usual init scale: attention is then far from uniform, so a token given the wrong position (or a
 # wrongly resized position table) changes the features measurably and the tests can tell.
 INIT_STD = 0.2
 IMAGENET = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
-
-
-def _guard(target: pathlib.Path) -> None:
-    if not target.exists():
-        return
-    try:
-        marked = json.loads((target / "config.json").read_text()).get(MARKER) is True
-    except (OSError, ValueError):
-        marked = False
-    if not marked:
-        raise FileExistsError(
-            f"{target} exists and is not a tiny stand-in (no '{MARKER}' in its config.json); refusing to overwrite it."
-        )
-    shutil.rmtree(target)
 
 
 def _save(model: torch.nn.Module, target: pathlib.Path, processor: dict) -> pathlib.Path:
@@ -47,7 +34,7 @@ def make_videomae(out_root: pathlib.Path) -> pathlib.Path:
     from transformers import VideoMAEConfig, VideoMAEForPreTraining
 
     target = pathlib.Path(out_root) / "videomae-base"
-    _guard(target)
+    replace_stand_in_dir(target)
     config = VideoMAEConfig(
         hidden_size=32,
         num_hidden_layers=2,
@@ -72,7 +59,7 @@ def make_dinov2(out_root: pathlib.Path) -> pathlib.Path:
     from transformers import Dinov2Config, Dinov2Model
 
     target = pathlib.Path(out_root) / "dinov2-base"
-    _guard(target)
+    replace_stand_in_dir(target)
     config = Dinov2Config(
         hidden_size=32,
         num_hidden_layers=2,
@@ -89,7 +76,7 @@ def make_vjepa2(out_root: pathlib.Path) -> pathlib.Path:
     from transformers import VJEPA2Config, VJEPA2Model
 
     target = pathlib.Path(out_root) / "vjepa2-vitl-fpc64-256"
-    _guard(target)
+    replace_stand_in_dir(target)
     config = VJEPA2Config(
         hidden_size=32,
         num_hidden_layers=2,
