@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from lit_features.data.manifest import ManifestError
+from lit_features.data.sampling import fps_interval
 
 RULES = (
     "no_cap",
@@ -59,7 +60,7 @@ def _number(value: Any) -> bool:
 def frame_interval(fps: float, train_fps: float | None, sample_stride: float | None) -> float:
     """Source frames per sampled frame: fps-resampling (1 within 0.1 fps), or a fixed stride."""
     if train_fps is not None:
-        return 1.0 if abs(fps - train_fps) < 0.1 else fps / train_fps
+        return fps_interval(fps, train_fps)  # the same rule the fps frame sampling uses
     assert sample_stride is not None
     return float(sample_stride)
 

@@ -42,17 +42,6 @@ def _rotate(frames: np.ndarray, rotation: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(frames, k=k, axes=(1, 2)))
 
 
-def probe_rotation(path: str) -> int:
-    """Rotation of the first video stream in degrees (0 when there is no display matrix)."""
-    import av
-
-    with av.open(path) as container:
-        stream = container.streams.video[0]
-        for frame in container.decode(stream):
-            return int(round(getattr(frame, "rotation", 0) or 0))
-    return 0
-
-
 def _decode_decord(
     path: str, sampling: FrameSampling, cut: list[float] | None, size: tuple[int, int] | None = None
 ) -> DecodedVideo:

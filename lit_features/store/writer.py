@@ -63,7 +63,7 @@ class _SubStore:
                 "Write to a new --writer.output_dir, or pass --writer.overwrite true to replace this store."
             )
 
-    def prepare(self, overwrite: bool, world_size: int) -> None:
+    def prepare(self, overwrite: bool) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         if overwrite and (self.root / layout.STORE_JSON).exists():
             # Forget what was done: old sample files are replaced as they are rewritten.
@@ -218,7 +218,7 @@ class FeatureWriter(BasePredictionWriter):
             store.check(self.overwrite)  # every rank: a mismatch stops all of them, none waits at the barrier
         if self.rank == 0:
             for store in self.stores.values():
-                store.prepare(self.overwrite, self.world_size)
+                store.prepare(self.overwrite)
             shutil.rmtree(self._summary_dir(), ignore_errors=True)  # per-rank summaries of this run only
         trainer.strategy.barrier("lit_features_store_ready")
         check_shared_store(trainer, next(iter(self.stores.values())).root)
@@ -611,18 +611,11 @@ def export_entries_jsonl(root: Path, name: str) -> int:
     The entry is the ``entry`` field of the row's metadata (extractors that want this export put it there); a
     row without one exports ``key`` instead. Returns the number of rows written.
     """
-    index: dict[str, dict] = {}
-    for path in layout.rank_files(root, layout.INDEX_DIR):
-        for row in layout.read_jsonl_rows(path):
-            index[row["key"]] = row
+    # The merged index (written just before, latest row per key, sorted): no second pass over the rank files.
     lines = []
-    for key in sorted(index):
-        row = index[key]
+    for row in layout.read_jsonl_rows(root / layout.MERGED_INDEX):
+        key = row["key"]
         entry = (row.get("meta") or {}).get("entry")
         lines.append(json.dumps({**(entry if isinstance(entry, dict) else {"key": key}), "file": row["file"]}) + "\n")
     layout.atomic_write_text(root / name, "".join(lines))
     return len(lines)
-
-
-def tensor_nbytes(tensors: dict[str, torch.Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors.values())
