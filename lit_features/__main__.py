@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
+
+from lit_features.errors import UserError
 
 PLAIN_COMMANDS = {
     "verify": "lit_features.commands.verify:verify",
@@ -38,9 +41,28 @@ def expand_bare_flags(function, args: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Dispatch to a plain command or to the LightningCLI; returns the process exit code."""
+    """Run one command; a :class:`UserError` becomes one line on stderr and exit status 2.
+
+    ``--debug`` (anywhere on the command line) or ``LIT_FEATURES_DEBUG=1`` keeps the traceback instead.
+    """
     from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in argv:
+        argv.remove("--debug")
+        os.environ["LIT_FEATURES_DEBUG"] = "1"  # inherited by the processes DDP launches for the other ranks
+        if from_command_line:
+            sys.argv = [sys.argv[0], *argv]  # LightningCLI and DDP's relaunch read sys.argv
+    try:
+        return _dispatch(argv, from_command_line)
+    except UserError as err:
+        if os.environ.get("LIT_FEATURES_DEBUG", "") not in ("", "0"):
+            raise
+        print(f"lit_features: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(argv: list[str], from_command_line: bool) -> int:
+    """Run a plain command or the LightningCLI; returns the process exit code."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("lit_features").setLevel(logging.INFO)
     if argv and argv[0] in PLAIN_COMMANDS:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from lit_features.errors import UserError
+
 _state: dict[str, Any] = {"registered": None, "error": None}
 
 
-class NPUUnavailableError(RuntimeError):
+class NPUUnavailableError(UserError, RuntimeError):
     """``accelerator: npu`` was asked for but ``torch_npu`` cannot be imported here."""
 
 

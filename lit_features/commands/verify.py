@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lit_features.errors import UserError
 from lit_features.store.reader import FeatureStore
 
 #: Tensor name an ``.npz`` array is read as, so ``.npz`` files compare against ViT stores.
@@ -30,7 +31,7 @@ NPZ_TENSOR = "features"
 META_FIELDS = ("kind", "size", "frame_indices", "frame_slots")
 
 
-class VerifyInputError(ValueError):
+class VerifyInputError(UserError, ValueError):
     """A path given to ``verify`` is neither a feature store nor an ``.npz`` file."""
 
 

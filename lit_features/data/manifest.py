@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lit_features.data.keys import assign_keys, selector_suffix
+from lit_features.errors import UserError
 
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".flv", ".mpg", ".mpeg", ".ts"}
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
@@ -29,7 +30,7 @@ IMAGE_LIST_FIELDS = ("images", "img_paths")
 IIANET_SPLITS = {"train": ("tr",), "val": ("cv",), "test": ("tt",), "all": ("tr", "cv", "tt")}
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """A manifest problem a user can fix; the message names the file, the entry and the field."""
 
     def __init__(self, file: str | os.PathLike, message: str, entry: int | None = None, field: str | None = None):

@@ -22,6 +22,7 @@ import torch
 
 from lit_features.data.dataset import Batch
 from lit_features.data.preprocess import Preprocessor
+from lit_features.errors import UserError
 from lit_features.records import Failure, FeatureRecord, PredictionOutput
 from lit_features.store.fingerprint import weight_identity
 from lit_features.store.layout import STORE_FORMAT_VERSION
@@ -56,7 +57,7 @@ def is_about_inputs(error: BaseException) -> bool:
     return not str(error).startswith("DataLoader worker")
 
 
-class MissingWeightsError(FileNotFoundError):
+class MissingWeightsError(UserError, FileNotFoundError):
     """The configured model path does not exist; the message says how to get the weights."""
 
 

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from lit_features.errors import UserError
+
 STORE_FORMAT_VERSION = 1
 STORE_JSON = "store.json"
 INDEX_DIR = "index"
@@ -20,7 +22,7 @@ MERGED_FAILURES = "failures.jsonl"
 RUN_TOKEN = ".run_token"  # rewritten by rank 0 at every start: proves each rank sees the same store
 
 
-class UnsafePathError(ValueError):
+class UnsafePathError(UserError, ValueError):
     """A path template or key would write outside the output directory."""
 
 

@@ -27,6 +27,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from lit_features import __version__
+from lit_features.errors import UserError
 from lit_features.records import Failure, FeatureRecord, PredictionOutput
 from lit_features.store import layout
 from lit_features.store.codecs import EXTENSIONS, encode, probe
@@ -35,7 +36,7 @@ from lit_features.store.fingerprint import describe_difference, fingerprint_hash
 log = logging.getLogger(__name__)
 
 
-class StoreMismatchError(RuntimeError):
+class StoreMismatchError(UserError, RuntimeError):
     """The output directory holds features made with a different configuration."""
 
 
@@ -485,7 +486,7 @@ class FeatureWriter(BasePredictionWriter):
             self._stop_thread()
 
 
-class StoreNotSharedError(RuntimeError):
+class StoreNotSharedError(UserError, RuntimeError):
     """Some ranks do not see the store rank 0 prepared: the output directory is not shared by all nodes."""
 
 
