@@ -38,6 +38,7 @@ from lit_features.models.onevision_vit import (
     visible_indices_for_slots,
 )
 from lit_features.models.packed_vision_tower import resolve_layer, token_budget_groups
+from lit_features.models.weights import from_pretrained_strict
 
 
 class OneVisionFeatures(FeatureExtractor):
@@ -106,7 +107,7 @@ class OneVisionFeatures(FeatureExtractor):
         return self._preprocessor
 
     def load_model(self) -> torch.nn.Module:
-        model = OneVisionViTModel.from_pretrained(self.model_path, dtype=self.compute_dtype)
+        model = from_pretrained_strict(OneVisionViTModel, self.model_path, dtype=self.compute_dtype)
         resolve_layer(self.layer, model.config.num_hidden_layers)  # a bad index fails before any sample
         return model
 

@@ -45,12 +45,18 @@ from lit_features.data.preprocess import EntryError, MediaLoader, Preprocessor
 from lit_features.data.sampling import FrameSampling
 from lit_features.data.transforms import NORMALIZATION_PRESETS, normalize, resize, to_tensor
 from lit_features.extractors.base import FeatureExtractor, MissingWeightsError, is_about_inputs, quiet_transformers
+from lit_features.models.weights import from_pretrained_strict
 from lit_features.records import Failure, FeatureRecord, PredictionOutput
 
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN, IMAGENET_STD = NORMALIZATION_PRESETS["imagenet"]
 ShortClip = Literal["fail", "pad_last", "stretch"]
+#: Heads a checkpoint may hold that feature extraction leaves out (strict loading drops exactly these):
+#: a classifier and its pooling norm / pooler ...
+CLASSIFIER_HEADS = (r"classifier\.", r"fc_norm\.", r"pooler\.")
+#: ... and, for VideoMAE pre-training checkpoints, the MAE decoder and its mask token.
+VIDEOMAE_HEADS = (*CLASSIFIER_HEADS, r"decoder\.", r"encoder_to_decoder\.", r"mask_token$")
 SUMMARY_JSON = "vfm_summary.json"
 DIMENSIONS_TXT = "vfm_dimensions.txt"
 
@@ -277,10 +283,14 @@ class VideoMAEFeatures(VFMFeatures):
     def load_model(self) -> torch.nn.Module:
         from transformers import VideoMAEModel
 
-        # A pre-training checkpoint also holds the MAE decoder, which feature extraction does not use.
+        # A pre-training checkpoint also holds the MAE decoder, a fine-tuned one a classifier: neither is used.
         with quiet_transformers():
-            return VideoMAEModel.from_pretrained(
-                self.model_path, dtype=self.compute_dtype, trust_remote_code=self.trust_remote_code
+            return from_pretrained_strict(
+                VideoMAEModel,
+                self.model_path,
+                dropped=VIDEOMAE_HEADS,
+                dtype=self.compute_dtype,
+                trust_remote_code=self.trust_remote_code,
             )
 
     @property
@@ -478,8 +488,12 @@ class VJEPA2Features(VFMFeatures):
         from transformers import VJEPA2Model
 
         with quiet_transformers():
-            model = VJEPA2Model.from_pretrained(
-                self.model_path, dtype=self.compute_dtype, trust_remote_code=self.trust_remote_code
+            model = from_pretrained_strict(
+                VJEPA2Model,
+                self.model_path,
+                dropped=CLASSIFIER_HEADS,
+                dtype=self.compute_dtype,
+                trust_remote_code=self.trust_remote_code,
             )
         model.predictor = None  # encoder only: the predictor's weights need not stay in memory
         return model
@@ -534,8 +548,12 @@ class DINOv2Features(VFMFeatures):
         from transformers import Dinov2Model
 
         with quiet_transformers():
-            return Dinov2Model.from_pretrained(
-                self.model_path, dtype=self.compute_dtype, trust_remote_code=self.trust_remote_code
+            return from_pretrained_strict(
+                Dinov2Model,
+                self.model_path,
+                dropped=CLASSIFIER_HEADS,
+                dtype=self.compute_dtype,
+                trust_remote_code=self.trust_remote_code,
             )
 
     @property

@@ -33,6 +33,11 @@ from lit_features.models.packed_vision_tower import (
     resolve_layer,
     token_budget_groups,
 )
+from lit_features.models.weights import from_pretrained_strict
+
+#: Checkpoint keys of a full SigLIP/CLIP model that its vision tower leaves out: the text tower, the
+#: contrastive logit scale/bias and the projection heads (features are ``hidden_states``, before any head).
+TWO_TOWER_HEADS = (r"text_model\.", r"logit_scale$", r"logit_bias$", r"text_projection\.", r"visual_projection\.")
 
 
 def snap_size(height: int, width: int, patch: int, rule: Literal["resize", "crop"]) -> tuple[int, int]:
@@ -179,10 +184,15 @@ class VisionTowerFeatures(FeatureExtractor):
         config = AutoConfig.from_pretrained(self.model_path, trust_remote_code=self.trust_remote_code)
         model_type = getattr(config, "model_type", "")
         cls = CLIPVisionModel if model_type.startswith("clip") else SiglipVisionModel
-        # A full two-tower checkpoint has text weights the vision tower does not use: not worth a warning table.
+        # A full two-tower checkpoint also holds the text tower and the contrastive heads, which the vision tower
+        # does not use (TWO_TOWER_HEADS); any other missing or unexpected key stops the run.
         with quiet_transformers():
-            return cls.from_pretrained(
-                self.model_path, dtype=self.compute_dtype, trust_remote_code=self.trust_remote_code
+            return from_pretrained_strict(
+                cls,
+                self.model_path,
+                dropped=TWO_TOWER_HEADS,
+                dtype=self.compute_dtype,
+                trust_remote_code=self.trust_remote_code,
             )
 
     def configure_model(self) -> None:

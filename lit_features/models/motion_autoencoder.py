@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lit_features.models.weights import load_state_dict_strict
+
 SEQUENCE_GROUPINGS = ("per_position", "upstream_flat")
 """How the ``[B, T, N, D]`` token grid is cut into sequences for the temporal layers.
 
@@ -407,34 +409,6 @@ _CHECKPOINT_SAFE_GLOBALS = [
 ]
 
 
-def _describe_key_mismatch(
-    path: str, expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor], limit: int = 10
-) -> str | None:
-    """One message listing missing, unexpected and wrongly shaped keys, or None when all match."""
-
-    def head(keys: list[str]) -> str:
-        more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
-        return ", ".join(keys[:limit]) + more
-
-    missing = sorted(set(expected) - set(got))
-    unexpected = sorted(set(got) - set(expected))
-    shapes = [
-        f"{key}: expected {tuple(expected[key].shape)}, got {tuple(got[key].shape)}"
-        for key in sorted(set(expected) & set(got))
-        if tuple(expected[key].shape) != tuple(got[key].shape)
-    ]
-    if not (missing or unexpected or shapes):
-        return None
-    parts = [f"{path}: state_dict does not match the model built from its config"]
-    if missing:
-        parts.append(f"missing keys ({len(missing)}): {head(missing)}")
-    if unexpected:
-        parts.append(f"unexpected keys ({len(unexpected)}): {head(unexpected)}")
-    if shapes:
-        parts.append(f"shape mismatches ({len(shapes)}): {head(shapes)}")
-    return "; ".join(parts)
-
-
 def load_motion_autoencoder(
     path: str | os.PathLike,
     map_location: str | torch.device = "cpu",
@@ -497,9 +471,6 @@ def load_motion_autoencoder(
         raise ValueError(f"{path_str}: invalid 'config': {error}") from error
 
     model = MotionFeatureAutoencoder.from_config(config)
-    mismatch = _describe_key_mismatch(path_str, model.state_dict(), state_dict)
-    if mismatch:
-        raise ValueError(mismatch)
-    model.load_state_dict(state_dict, strict=True)
+    load_state_dict_strict(model, state_dict, path_str, "the motion autoencoder built from its config")
     model.checkpoint_path = path_str
     return model.eval()

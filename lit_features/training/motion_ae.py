@@ -27,6 +27,7 @@ from lit_features.models.motion_autoencoder import (
     load_motion_autoencoder,
     motion_autoencoder_loss,
 )
+from lit_features.models.weights import load_state_dict_strict
 from lit_features.store.reader import FeatureStore
 from lit_features.training.feature_data import check_feature_shape, open_feature_store, split_keys
 
@@ -323,11 +324,6 @@ def load_motion_checkpoint(
     config = MotionAutoencoderConfig.from_dict(hparams)
     state = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     model = MotionFeatureAutoencoder.from_config(config)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"{path}: the checkpoint's weights do not match a motion autoencoder with {config.to_dict()}: "
-            f"missing {sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}"
-        )
+    load_state_dict_strict(model, state, path, f"a motion autoencoder with {config.to_dict()}")
     model.checkpoint_path = path
     return model.eval()
