@@ -98,7 +98,8 @@ class MotionAutoencoderOutput:
     """Result of :meth:`MotionFeatureAutoencoder.forward`.
 
     Attributes:
-        latent: ``[B, T, N, latent_dim]``; for grid input N = H * W in row-major order.
+        latent: In the input's layout with ``latent_dim`` channels: ``[B, T, N, latent_dim]``, or
+            ``[B, T, H, W, latent_dim]`` for grid input (as the upstream model returns it).
         reconstruction: Same shape as the input, including the ``[B, T, H, W, C]`` layout.
         motion_embedding: ``[B, T, latent_dim]``, the latent averaged over tokens.
     """
@@ -287,8 +288,8 @@ class MotionFeatureAutoencoder(nn.Module):
 
     @property
     def compression_ratio(self) -> float:
-        """``input_dim / latent_dim``, e.g. 4.0 for 768 -> 192."""
-        return self.config.input_dim / self.config.latent_dim
+        """Latent size over input size, ``latent_dim / input_dim``: 0.25 for 768 -> 192 (as upstream)."""
+        return self.config.latent_dim / self.config.input_dim
 
     def _as_tokens(self, x: torch.Tensor, source: str | os.PathLike | None) -> torch.Tensor:
         """Checks the feature shape and flattens a ``[B, T, H, W, C]`` grid to ``[B, T, N, C]``."""
@@ -329,8 +330,13 @@ class MotionFeatureAutoencoder(nn.Module):
         latent = self.encoder(tokens)
         reconstruction = self.decoder(latent).reshape(x.shape)
         return MotionAutoencoderOutput(
-            latent=latent, reconstruction=reconstruction, motion_embedding=latent.mean(dim=2)
+            latent=self._in_input_layout(latent, x), reconstruction=reconstruction, motion_embedding=latent.mean(dim=2)
         )
+
+    @staticmethod
+    def _in_input_layout(latent: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``[B, T, N, latent_dim]`` back to ``[B, T, H, W, latent_dim]`` when ``x`` was a grid."""
+        return latent.reshape(*x.shape[:-1], latent.shape[-1])
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor, source: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -344,12 +350,12 @@ class MotionFeatureAutoencoder(nn.Module):
             source: Optional file the features came from, named in shape errors.
 
         Returns:
-            ``{"latent": [B, T, N, latent_dim], "motion_embedding": [B, T, latent_dim],
-            "compression_ratio": input_dim / latent_dim}``.
+            ``{"latent": [B, T, N, latent_dim] (or [B, T, H, W, latent_dim] for grid input), "motion_embedding":
+            [B, T, latent_dim], "compression_ratio": latent_dim / input_dim}`` (upstream ``encode.py``'s keys).
         """
         latent = self.encoder(self._as_tokens(x, source))
         return {
-            "latent": latent,
+            "latent": self._in_input_layout(latent, x),
             "motion_embedding": latent.mean(dim=2),
             "compression_ratio": self.compression_ratio,
         }
