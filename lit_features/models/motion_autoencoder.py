@@ -407,7 +407,7 @@ def motion_autoencoder_loss(
 
 # Upstream training stores argparse Namespace values, whose paths are pathlib objects; allowing exactly
 # these classes keeps torch.load in its safe weights-only mode.
-_CHECKPOINT_SAFE_GLOBALS = [
+CHECKPOINT_SAFE_GLOBALS = [
     pathlib.PosixPath,
     pathlib.WindowsPath,
     pathlib.PurePosixPath,
@@ -444,7 +444,7 @@ def load_motion_autoencoder(
     if not os.path.isfile(path_str):
         raise FileNotFoundError(f"motion autoencoder checkpoint not found: {path_str}")
     try:
-        with torch.serialization.safe_globals(_CHECKPOINT_SAFE_GLOBALS):
+        with torch.serialization.safe_globals(CHECKPOINT_SAFE_GLOBALS):
             checkpoint = torch.load(path_str, map_location=map_location, weights_only=not allow_pickle)
     except Exception as error:  # torch raises several unpickling error types; all mean the same here
         raise ValueError(

@@ -24,7 +24,7 @@ import lightning.pytorch as pl
 import torch
 
 from lit_features.errors import UserError
-from lit_features.models.motion_autoencoder import MotionFeatureAutoencoder
+from lit_features.models.motion_autoencoder import CHECKPOINT_SAFE_GLOBALS, MotionFeatureAutoencoder
 
 #: Training arguments the upstream trainer records next to the model arguments, with their hparams names here.
 TRAINING_ARGS = {
@@ -160,9 +160,15 @@ def export_motion_checkpoint(checkpoint: str, output: str, allow_pickle: bool = 
 
     if not os.path.isfile(checkpoint):
         raise UpstreamExportError(f"{checkpoint}: no such checkpoint file")
-    model = load_motion_checkpoint(checkpoint, allow_pickle=allow_pickle)
+    try:
+        model = load_motion_checkpoint(checkpoint, allow_pickle=allow_pickle)
+    except UserError:
+        raise
+    except ValueError as err:  # not a motion autoencoder checkpoint: the message names the file and the problem
+        raise UpstreamExportError(str(err)) from None
     check_exportable(model, checkpoint)
-    raw = torch.load(checkpoint, map_location="cpu", weights_only=not allow_pickle)
+    with torch.serialization.safe_globals(CHECKPOINT_SAFE_GLOBALS):
+        raw = torch.load(checkpoint, map_location="cpu", weights_only=not allow_pickle)
     epoch = int(raw.get("epoch", 0)) + 1 if "hyper_parameters" in raw else int(raw.get("epoch", 0))
     mean_loss = raw.get("train_mean_loss", raw.get("mean_loss"))
     hparams = dict(raw.get("hyper_parameters", {}))
