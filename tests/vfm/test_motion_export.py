@@ -43,6 +43,7 @@ def fit(store: Path, out: Path, grouping: str, epochs: int = 2) -> MotionAutoenc
     module = MotionAutoencoderModule(**TINY, dropout=0.1, sequence_grouping=grouping, lr=3e-3)
     trainer = pl.Trainer(
         max_epochs=epochs,
+        default_root_dir=str(out),
         accelerator="cpu",
         logger=False,
         enable_progress_bar=False,
@@ -146,7 +147,14 @@ def test_per_position_model_is_refused_before_training_and_by_the_command(motion
 
     torch.manual_seed(0)
     module = MotionAutoencoderModule(**TINY, sequence_grouping="per_position")
-    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        default_root_dir=str(tmp_path),
+    )
     trainer.fit(module, MotionFeatureDataModule(str(motion_store), val_fraction=0.0, batch_size=2, num_workers=0))
     ckpt = tmp_path / "per_position.ckpt"
     trainer.save_checkpoint(ckpt)
