@@ -78,8 +78,9 @@ def flashi2v_clean_caption(text: str) -> str:
     This is the cleaning shared by DeepFloyd IF, PixArt and FlashI2V's ``TextProcessor.clean_caption``, applied
     twice, taken from diffusers (``_text_preprocessing(text, clean_caption=True)``), which needs beautifulsoup4
     and ftfy. With ``support_chinese=False`` (FlashI2V's default) the two agree except that FlashI2V also strips
-    the text once in the middle of the chain: a caption whose cleaned form ends in ``:`` or ``-`` after a
-    removed symbol (``"rating: ***"``) keeps that character here.
+    the text once in the middle of the chain, which changes what the anchored rules see at the ends in rare
+    cases: ``"(.gif)"`` is emptied by FlashI2V and gives ``". gif"`` here, ``"Scene:’["`` gives ``"scene"`` there
+    and ``"scene:"`` here (0 of 20,000 template captions, 111 of 20,000 random strings of up to 30 characters).
     """
     return _caption_cleaner()._text_preprocessing(text, clean_caption=True)[0]
 
