@@ -52,7 +52,9 @@ def to_numpy_exact(tensor: torch.Tensor) -> np.ndarray:
 
 def from_numpy_exact(array: np.ndarray, dtype: str) -> torch.Tensor:
     """Inverse of :func:`to_numpy_exact`, given the torch dtype name recorded beside the array."""
-    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if not (array.flags.c_contiguous and array.flags.writeable):
+        array = array.copy(order="C")  # not np.ascontiguousarray: it turns a 0-d array into a 1-d one
+    tensor = torch.from_numpy(array)
     want = torch_dtype(dtype)
     return tensor if tensor.dtype == want else tensor.view(want)
 
