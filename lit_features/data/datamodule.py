@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from lit_features.data.dataset import BatchCollator, SampleDataset
 from lit_features.data.decode_sandbox import DecodeSandbox
 from lit_features.data.manifest import ManifestError, Sample, build_samples, read_iianet_split, read_manifests
+from lit_features.data.media_cache import MediaCache
 from lit_features.data.preprocess import EntryError, Preprocessor
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,9 @@ class ManifestDataModule(pl.LightningDataModule):
             to the rank with the least estimated work so far, so ranks finish close together; ``cost``: most
             expensive first, dealt round-robin; ``manifest``: manifest order, dealt round-robin.
         limit: only the first ``limit`` samples (after resume filtering), for trial runs.
+        media_cache_dir: where DataLoader workers keep local copies of remote media (``s3://``, ``gs://``,
+            ``hf://``, ``https://`` sources; default: a temporary folder removed at the end of the run).
+        media_cache_gb: soft bound of each worker's media cache, in GiB (least recently used copies go first).
     """
 
     def __init__(
@@ -127,6 +131,8 @@ class ManifestDataModule(pl.LightningDataModule):
         video_backend: Literal["auto", "decord", "pyav"] = "auto",
         order: Literal["manifest", "cost", "balanced"] = "balanced",
         limit: int | None = None,
+        media_cache_dir: str | None = None,
+        media_cache_gb: float = 8.0,
     ):
         super().__init__()
         if manifest is None and split_root is None:
@@ -144,6 +150,8 @@ class ManifestDataModule(pl.LightningDataModule):
         self.video_backend = video_backend
         self.order = order
         self.limit = limit
+        self.media_cache_dir = media_cache_dir
+        self.media_cache_gb = media_cache_gb
         self.samples: list[Sample] | None = None
         self.dataset: SampleDataset | None = None
         self.costs: dict[str, float] = {}
@@ -200,8 +208,9 @@ class ManifestDataModule(pl.LightningDataModule):
             self.samples = self.read_samples()
             self.validate_samples(self.samples, preprocessor)
         sandbox = DecodeSandbox(self.decode_timeout_s, enabled=self.sandbox)
+        cache = MediaCache(self.media_cache_dir, int(self.media_cache_gb * 2**30))
         return SampleDataset(
-            self.remaining_samples(skip or set()), preprocessor, sandbox, self.video_backend, attempt_log
+            self.remaining_samples(skip or set()), preprocessor, sandbox, self.video_backend, attempt_log, cache
         )
 
     def _writer_state(self) -> tuple[set[str], str | None]:

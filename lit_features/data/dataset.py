@@ -12,7 +12,8 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from lit_features.data.decode_sandbox import DecodeSandbox
-from lit_features.data.manifest import Sample
+from lit_features.data.manifest import IMAGE_LIST_FIELDS, Sample
+from lit_features.data.media_cache import MediaCache
 from lit_features.data.preprocess import MediaLoader, Preprocessor, SampleFailure
 from lit_features.records import Failure
 
@@ -63,6 +64,14 @@ class AttemptLog:
         self._fh.flush()
 
 
+def media_paths(sample: Sample) -> list[str]:
+    """The media files a sample reads: its source and any reference images listed in its entry."""
+    paths = [sample.source] if sample.source else []
+    for name in IMAGE_LIST_FIELDS:
+        paths += [p for p in sample.entry.get(name) or [] if isinstance(p, str)]
+    return paths
+
+
 class SampleDataset(Dataset):
     """Applies ``preprocessor`` to each sample in a DataLoader worker; never raises for a bad sample."""
 
@@ -73,14 +82,20 @@ class SampleDataset(Dataset):
         sandbox: DecodeSandbox,
         video_backend: str = "auto",
         attempt_log: str | None = None,
+        media_cache: MediaCache | None = None,
     ):
         self.samples = samples
         self.preprocessor = preprocessor
-        self.media = MediaLoader(sandbox, video_backend)
+        self.media = MediaLoader(sandbox, video_backend, media_cache)
         self.attempts = AttemptLog(attempt_log)
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        """A batch (the DataLoader asks for whole batches): remote media of all its samples are fetched at once."""
+        self.media.prefetch([p for i in indices for p in media_paths(self.samples[i])])
+        return [self.__getitem__(i) for i in indices]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]

@@ -19,6 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from lit_features.data.keys import assign_keys, selector_suffix
+from lit_features.data.remote import (
+    Location,
+    as_location,
+    files_below,
+    must_exist,
+    open_text,
+    relative_name,
+    resolve,
+)
 from lit_features.errors import UserError
 
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".flv", ".mpg", ".mpeg", ".ts"}
@@ -99,9 +108,9 @@ def validate_entry(entry: Any, file: str | os.PathLike, index: int, require_path
     return dict(entry)
 
 
-def _load_json(file: Path) -> Any:
+def _load_json(file: Location) -> Any:
     try:
-        with open(file, encoding="utf-8") as fh:
+        with open_text(file) as fh:
             return json.load(fh)
     except FileNotFoundError:
         raise ManifestError(file, "file not found") from None
@@ -109,16 +118,23 @@ def _load_json(file: Path) -> Any:
         raise ManifestError(file, f"invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
 
 
-def _resolve(root: Path, rel: str) -> str:
+def _resolve(root: Location, rel: str) -> str:
+    remote = resolve(root, rel)
+    if remote is not None:
+        return remote
     return os.path.normpath(rel if os.path.isabs(rel) else os.path.join(root, rel))
 
 
-def _rel_name(root: Path, rel: str) -> str:
+def _rel_name(root: Location, rel: str) -> str:
     """The name a key is made from: the path relative to the dataset root.
 
     An absolute path outside the root keeps its last two components (``.../clips/a.mp4`` -> ``clips/a.mp4``), so
     keys do not change when the data moves to another machine; collisions get hash suffixes in ``assign_keys``.
+    URLs follow the same rules (:func:`lit_features.data.remote.relative_name`).
     """
+    remote = relative_name(root, rel)
+    if remote is not None:
+        return remote
     if not os.path.isabs(rel):
         return rel
     inside = os.path.relpath(rel, root)
@@ -130,12 +146,12 @@ def _rel_name(root: Path, rel: str) -> str:
 @dataclass
 class _RawEntry:
     entry: dict[str, Any]
-    root: Path
-    file: Path
+    root: Location
+    file: Location
     index: int
 
 
-def _entries_from_list(data: Any, file: Path, root: Path) -> list[_RawEntry]:
+def _entries_from_list(data: Any, file: Location, root: Location) -> list[_RawEntry]:
     if isinstance(data, dict):
         for wrapper in ("data", "entries", "items", "videos"):
             if isinstance(data.get(wrapper), list):
@@ -149,13 +165,13 @@ def _entries_from_list(data: Any, file: Path, root: Path) -> list[_RawEntry]:
     return [_RawEntry(validate_entry(e, file, i), root, file, i) for i, e in enumerate(data)]
 
 
-def read_json_list(file: Path, root: Path | None = None) -> list[_RawEntry]:
+def read_json_list(file: Location, root: Location | None = None) -> list[_RawEntry]:
     return _entries_from_list(_load_json(file), file, root or file.parent)
 
 
-def read_jsonl(file: Path, root: Path | None = None) -> list[_RawEntry]:
+def read_jsonl(file: Location, root: Location | None = None) -> list[_RawEntry]:
     out = []
-    with open(file, encoding="utf-8") as fh:
+    with open_text(file) as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
@@ -167,10 +183,10 @@ def read_jsonl(file: Path, root: Path | None = None) -> list[_RawEntry]:
     return out
 
 
-def read_list_file(file: Path) -> list[_RawEntry]:
+def read_list_file(file: Location) -> list[_RawEntry]:
     """``<dataset_root>,<meta_json>`` lines; relative roots/JSONs resolve against the list file's folder."""
     out = []
-    with open(file, encoding="utf-8") as fh:
+    with open_text(file) as fh:
         for lineno, line in enumerate(fh, start=1):
             line = line.strip()
             if not line or line.startswith("#"):
@@ -178,16 +194,16 @@ def read_list_file(file: Path) -> list[_RawEntry]:
             parts = [p.strip() for p in line.split(",")]
             if len(parts) != 2 or not all(parts):
                 raise ManifestError(file, f"expected '<dataset_root>,<meta_json>', got {line!r}", entry=lineno)
-            root = Path(_resolve(file.parent, parts[0]))
-            meta = Path(_resolve(file.parent, parts[1]))
+            root = as_location(_resolve(file.parent, parts[0]))
+            meta = as_location(_resolve(file.parent, parts[1]))
             if not meta.exists():
                 raise ManifestError(file, f"meta JSON {str(meta)!r} does not exist", entry=lineno)
             out.extend(read_json_list(meta, root) if meta.suffix != ".jsonl" else read_jsonl(meta, root))
     return out
 
 
-def read_csv(file: Path, root: Path | None = None) -> list[_RawEntry]:
-    with open(file, encoding="utf-8", newline="") as fh:
+def read_csv(file: Location, root: Location | None = None) -> list[_RawEntry]:
+    with open_text(file, newline="") as fh:
         reader = csv.DictReader(fh)
         columns = reader.fieldnames or []
         path_col = next((c for c in CSV_PATH_COLUMNS if c in columns), None)
@@ -217,8 +233,11 @@ def read_csv(file: Path, root: Path | None = None) -> list[_RawEntry]:
     return out
 
 
-def read_directory(folder: Path) -> list[_RawEntry]:
+def read_directory(folder: Location) -> list[_RawEntry]:
     exts = VIDEO_EXTENSIONS | IMAGE_EXTENSIONS
+    if not isinstance(folder, Path):
+        names = [n for n in files_below(folder) if os.path.splitext(n)[1].lower() in exts]
+        return [_RawEntry({"path": n}, folder, folder, i) for i, n in enumerate(names)]
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in exts)
     return [_RawEntry({"path": str(p.relative_to(folder))}, folder, folder, i) for i, p in enumerate(files)]
 
@@ -256,10 +275,10 @@ def read_iianet_split(split_root: Path, split: str, root: str | os.PathLike | No
 
 def read_manifest_entries(manifest: str | os.PathLike, root: str | os.PathLike | None = None) -> list[_RawEntry]:
     """Dispatch on the manifest's form (by extension, or a directory)."""
-    path = Path(manifest)
-    if not path.exists():
+    path = as_location(manifest)
+    if must_exist(path) and not path.exists():
         raise ManifestError(path, "manifest not found")
-    base = Path(root) if root is not None else None
+    base = as_location(root) if root is not None else None
     if path.is_dir():
         return read_directory(path)
     suffix = path.suffix.lower()

@@ -16,7 +16,9 @@ import torch
 from lit_features.data.decode_sandbox import DecoderCrashed, DecodeSandbox, DecodeTimeout, RemoteError
 from lit_features.data.manifest import Sample
 from lit_features.data.media import DecodedVideo
+from lit_features.data.media_cache import MediaCache
 from lit_features.data.sampling import FrameSampling
+from lit_features.remote import RemoteAccessError, is_remote
 
 
 class SampleFailure(Exception):
@@ -36,21 +38,39 @@ class EntryError(ValueError):
 
 
 class MediaLoader:
-    """Sandboxed access to a sample's media; every failure becomes a :class:`SampleFailure` (stage ``decode``)."""
+    """Sandboxed access to a sample's media; every failure becomes a :class:`SampleFailure` (stage ``decode``).
 
-    def __init__(self, sandbox: DecodeSandbox, video_backend: str = "auto"):
+    Remote media (URLs) are first copied into ``cache`` (stage ``fetch`` when that fails); messages name the URL.
+    """
+
+    def __init__(self, sandbox: DecodeSandbox, video_backend: str = "auto", cache: MediaCache | None = None):
         self.sandbox = sandbox
         self.video_backend = video_backend
-        self.seconds = 0.0  # time spent waiting on the decoder, for run summaries
+        self.cache = cache if cache is not None else MediaCache()
+        self.seconds = 0.0  # time spent waiting on media (fetching and decoding), for run summaries
 
-    def _call(self, function: str, *args: Any, **kwargs: Any) -> Any:
+    def prefetch(self, paths: list[str | None]) -> None:
+        """Start fetching the remote ones among ``paths`` (a batch's media) while earlier samples decode."""
+        self.cache.prefetch(paths)
+
+    def _local(self, path: str) -> str:
+        if not is_remote(path):
+            return path
+        try:
+            return self.cache.local_path(path)
+        except RemoteAccessError as err:
+            raise SampleFailure("fetch", type(err).__name__, str(err)) from None
+
+    def _call(self, function: str, path: str, *args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
         try:
-            return self.sandbox.call(function, *args, **kwargs)
-        except RemoteError as err:
-            raise SampleFailure("decode", err.type_name, str(err)) from None
-        except (DecodeTimeout, DecoderCrashed) as err:
-            raise SampleFailure("decode", type(err).__name__, str(err)) from None
+            local = self._local(path)
+            try:
+                return self.sandbox.call(function, local, *args, **kwargs)
+            except RemoteError as err:
+                raise SampleFailure("decode", err.type_name, str(err).replace(local, path)) from None
+            except (DecodeTimeout, DecoderCrashed) as err:
+                raise SampleFailure("decode", type(err).__name__, str(err).replace(local, path)) from None
         finally:
             self.seconds += time.perf_counter() - started
 

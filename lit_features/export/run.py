@@ -173,6 +173,7 @@ def export_store(
 
 def export_command(
     store: str,
+    *,
     format: Literal["litdata", "webdataset", "parquet"],
     output: str,
     shard_bytes: int | None = None,
