@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["LIT_FEATURES_DEBUG"] = "1"  # inherited by the processes DDP launches for the other ranks
         if from_command_line:
             sys.argv = [sys.argv[0], *argv]  # LightningCLI and DDP's relaunch read sys.argv
-    setup_logging(debug_enabled())
+    setup_logging(debug_enabled(), import_lightning=False)  # imported only by the commands that need it
     try:
         return _dispatch(argv, from_command_line)
     except Exception as err:

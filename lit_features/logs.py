@@ -17,6 +17,7 @@ script for the same output). What it does, and why:
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import sys
@@ -32,8 +33,8 @@ LIGHTNING_NOISE = (
     "Initializing distributed:",
 )
 #: Warnings that are always noise in a lit_features run (message regex): a resumed run with nothing left to
-#: do has an empty dataloader on purpose.
-NOISE_WARNINGS = (r"Total length of `\w+` across ranks is zero",)
+#: do has an empty dataloader on purpose; in Jupyter without ipywidgets, tqdm's bars are text (which is fine).
+NOISE_WARNINGS = (r"Total length of `\w+` across ranks is zero", r"IProgress not found")
 #: Library log lines that are always noise here: transformers' own SigLIP text-config defaults carry special
 #: token ids outside their vocabulary (warned on every SigLIP load); no extractor generates text.
 TRANSFORMERS_NOISE = (
@@ -110,9 +111,28 @@ class _DropLibraryNoise(logging.Filter):
 _HANDLER_NAME = "lit_features"
 
 
-def setup_logging(debug: bool = False) -> None:
-    """Configure logging and warnings for a run (idempotent; see the module docstring)."""
+def setup_logging(debug: bool = False, import_lightning: bool = True) -> None:
+    """Configure logging and warnings for a run (idempotent; see the module docstring).
+
+    Call it first, before other imports (a notebook's first cell). ``import_lightning`` imports Lightning here
+    so its console handler can be removed now; the command line passes ``False`` (it only imports Lightning
+    for the commands that need it, then calls :func:`quiet_library_loggers`).
+    """
     rank_zero = is_rank_zero_process()
+    if not (sys.warnoptions or debug):  # else the user chose which warnings to see
+        # Before any import below: libraries warn while they are imported.
+        if not rank_zero:
+            warnings.simplefilter("ignore")
+        for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+            warnings.filterwarnings("ignore", category=category)
+        for message in NOISE_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+    if not rank_zero:
+        # Their progress bars and library chatter would repeat rank 0's (child processes inherit this).
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if import_lightning and importlib.util.find_spec("lightning") is not None:
+        import lightning  # noqa: F401
     root = logging.getLogger()
     for handler in list(root.handlers):
         if handler.get_name() == _HANDLER_NAME:
@@ -130,19 +150,6 @@ def setup_logging(debug: bool = False) -> None:
     config_logger = logging.getLogger("transformers.configuration_utils")
     if not debug and not any(isinstance(f, _DropTransformersNoise) for f in config_logger.filters):
         config_logger.addFilter(_DropTransformersNoise())
-    if not rank_zero:
-        # Their progress bars and library chatter would repeat rank 0's (child processes inherit this).
-        os.environ.setdefault("TQDM_DISABLE", "1")
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    if sys.warnoptions or debug:
-        return  # the user chose which warnings to see
-    if not rank_zero:
-        warnings.simplefilter("ignore")
-        return
-    for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
-        warnings.filterwarnings("ignore", category=category)
-    for message in NOISE_WARNINGS:
-        warnings.filterwarnings("ignore", message=message)
 
 
 def quiet_library_loggers() -> None:
