@@ -6,8 +6,8 @@ of one rank is printed by every rank that hits it. Here instead:
 
 - a launched rank hands its one-line user error to rank 0 through a small file and exits 2 without printing;
 - rank 0 watches its ranks while the Trainer runs (:func:`watching`); when one exits non-zero it prints that
-  rank's message (unless it already reported an error itself), stops the other ranks and exits with the
-  rank's status (2 for a user error, 1 for a bug, whose traceback the rank printed itself);
+  rank's message, stops the other ranks and exits with the rank's status (2 for a user error, 1 for a bug,
+  whose traceback the rank printed itself);
 - when rank 0 fails because a rank is gone (a collective reports the lost peer), the command line reports
   that rank's user error instead (:func:`launched_rank_error`);
 - when rank 0 itself fails, :func:`stop_launched_ranks` ends its ranks instead of leaving them blocked in a
@@ -33,7 +33,6 @@ from typing import Any
 LAUNCHER_PID = "LIT_FEATURES_LAUNCHER_PID"
 POLL_S = 0.2
 
-_report_lock = threading.Lock()
 _launched: list[subprocess.Popen] = []  # the launcher's own list, which it fills when the run starts
 _handed: list[str] = []  # user errors of launched ranks, collected when rank 0's run failed
 
@@ -65,8 +64,7 @@ def report(line: str) -> None:
             return
         except OSError:
             pass  # say it here rather than not at all
-    if _report_lock.acquire(blocking=False):
-        print(line, file=sys.stderr, flush=True)
+    print(line, file=sys.stderr, flush=True)
 
 
 def launched_rank_error() -> str | None:
@@ -107,11 +105,11 @@ def _watch(procs: list[subprocess.Popen], done: threading.Event) -> None:
         failed = [(i, p) for i, p in enumerate(procs, start=1) if p.poll() not in (None, 0)]
         if not failed:
             continue
+        # Rank 0 reports its own errors only after this thread ended (``watching`` joins it first).
         local_rank, proc = failed[0]
-        if _report_lock.acquire(blocking=False):  # rank 0 has not reported an error of its own
-            message = _message_file(os.getpid(), local_rank)
-            if message.exists():
-                print(message.read_text(encoding="utf-8"), file=sys.stderr, flush=True)
+        message = _message_file(os.getpid(), local_rank)
+        if message.exists():
+            print(message.read_text(encoding="utf-8"), file=sys.stderr, flush=True)
         stop_launched_ranks()
         sys.stderr.flush()
         os._exit(_exit_status(proc.returncode))  # the main thread may be blocked in a collective: end here
@@ -125,6 +123,7 @@ def watching(trainer: Any) -> Iterator[None]:
         yield
         return
     global _launched
+    _handed.clear()
     _launched = procs  # the launcher appends its processes to this same list when the run starts
     _cleanup()  # left by an earlier process with this pid that was killed
     _folder(os.getpid()).mkdir()
