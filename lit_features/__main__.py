@@ -1,7 +1,8 @@
 """``python -m lit_features`` / ``lit-features``: Lightning subcommands plus plain ``verify``/``filter``/``inspect``.
 
 ``fit``, ``validate``, ``test`` and ``predict`` go through LightningCLI (YAML configs, ``--print_config``).
-``verify``, ``filter``, ``inspect`` and ``list`` are plain typed functions that never load a model.
+``verify``, ``export-npz``, ``export-motion``, ``filter``, ``inspect`` and ``list`` are plain typed functions that
+never load a model.
 
 Errors a user caused (:class:`~lit_features.errors.UserError`, wherever raised, also when a library wrapped
 it) are printed as one line, ``lit_features: error: <message>``, with exit status 2; ``--debug`` anywhere on
@@ -21,6 +22,8 @@ from lit_features.logs import quiet_library_loggers, rank_label, setup_logging
 
 PLAIN_COMMANDS = {
     "verify": "lit_features.commands.verify:verify",
+    "export-npz": "lit_features.commands.export_npz:export_npz",
+    "export-motion": "lit_features.training.motion_export:export_motion_checkpoint",
     "filter": "lit_features.commands.filter:filter_clips",
     "inspect": "lit_features.commands.inspect:inspect_store",
     "list": "lit_features.commands.listing:list_extractors",
@@ -33,6 +36,8 @@ USAGE = (
     "  validate, test   evaluate a trained model\n"
     "  inspect   summarise a feature store\n"
     "  verify    compare two feature sets\n"
+    "  export-npz      write a store as upstream .npz files\n"
+    "  export-motion   convert a motion autoencoder checkpoint to upstream's layout\n"
     "  filter    select training clips (FlashI2V rules)\n"
     "  list      the registered extractors\n"
     "  --debug   (anywhere) keep tracebacks and show every log line"

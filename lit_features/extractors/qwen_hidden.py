@@ -36,6 +36,7 @@ from lit_features.data.manifest import Sample
 from lit_features.data.preprocess import EntryError, MediaLoader, Preprocessor
 from lit_features.data.sampling import FrameSampling
 from lit_features.extractors.base import FeatureExtractor, quiet_transformers
+from lit_features.models.weights import from_pretrained_strict
 
 IMAGE_PAD = "<|image_pad|>"
 # Control tokens a prompt must not contain: the processor would count them as image placeholders.
@@ -429,8 +430,11 @@ class QwenHiddenStates(FeatureExtractor):
             raise ValueError(f"{self.model_path}: model_type {config.model_type!r}, expected 'qwen2_5_vl' (Qwen2.5-VL)")
         register_packed_attention()
         with quiet_transformers():
-            model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-                self.model_path, dtype=self.compute_dtype, trust_remote_code=self.trust_remote_code
+            model = from_pretrained_strict(
+                Qwen2_5_VLForConditionalGeneration,
+                self.model_path,
+                dtype=self.compute_dtype,
+                trust_remote_code=self.trust_remote_code,
             )
         # Samples are packed into one sequence; text attention runs per sample segment (the vision tower keeps
         # SDPA over its own per-image segments).

@@ -48,6 +48,7 @@ from lit_features.data.preprocess import EntryError, MediaLoader, Preprocessor
 from lit_features.data.sampling import FrameSampling
 from lit_features.data.transforms import NORMALIZATION_PRESETS, apply_size_rule, normalize, resize, to_tensor
 from lit_features.extractors.base import FeatureExtractor, quiet_transformers, resolve_dtype
+from lit_features.models.weights import from_pretrained_strict
 
 CLIP_MEAN = NORMALIZATION_PRESETS["clip"][0]
 CLIP_STD = NORMALIZATION_PRESETS["clip"][1]
@@ -391,17 +392,17 @@ class WanTrainingFeatures(FeatureExtractor):
         from transformers import CLIPVisionModel, UMT5EncoderModel
 
         with quiet_diffusers():
-            vae = AutoencoderKLWan.from_pretrained(self.model_path, subfolder="vae", torch_dtype=self.vae_dtype)
+            vae = from_pretrained_strict(AutoencoderKLWan, self.model_path, subfolder="vae", torch_dtype=self.vae_dtype)
         if self.enable_tiling:
             vae.enable_tiling(**self.tiling)
         parts: dict[str, torch.nn.Module] = {"vae": vae}
         with quiet_transformers():
-            parts["text_encoder"] = UMT5EncoderModel.from_pretrained(
-                self.model_path, subfolder="text_encoder", dtype=self.compute_dtype
+            parts["text_encoder"] = from_pretrained_strict(
+                UMT5EncoderModel, self.model_path, subfolder="text_encoder", dtype=self.compute_dtype
             )
             if self.i2v != "none":
-                parts["image_encoder"] = CLIPVisionModel.from_pretrained(
-                    self.model_path, subfolder="image_encoder", dtype=self.image_encoder_dtype
+                parts["image_encoder"] = from_pretrained_strict(
+                    CLIPVisionModel, self.model_path, subfolder="image_encoder", dtype=self.image_encoder_dtype
                 )
         self._blank_latents = {}
         return torch.nn.ModuleDict(parts)
