@@ -31,16 +31,16 @@ PLAIN_COMMANDS = {
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 USAGE = (
     "usage: python -m lit_features <command> [options]   (python -m lit_features <command> --help)\n"
-    "  predict   extract features into a store         (--config configs/<job>.yaml)\n"
-    "  fit       train a model on stored features      (--config configs/motion_ae.yaml)\n"
-    "  validate, test   evaluate a trained model\n"
-    "  inspect   summarise a feature store\n"
-    "  verify    compare two feature sets\n"
+    "  predict         extract features into a store (--config configs/<job>.yaml)\n"
+    "  fit             train a model on stored features (--config configs/motion_ae.yaml)\n"
+    "  validate, test  evaluate a trained model\n"
+    "  inspect         summarise a feature store\n"
+    "  verify          compare two feature sets\n"
     "  export-npz      write a store as upstream .npz files\n"
     "  export-motion   convert a motion autoencoder checkpoint to upstream's layout\n"
-    "  filter    select training clips (FlashI2V rules)\n"
-    "  list      the registered extractors\n"
-    "  --debug   (anywhere) keep tracebacks and show every log line"
+    "  filter          select training clips (FlashI2V rules)\n"
+    "  list            the registered extractors\n"
+    "  --debug         (anywhere) keep tracebacks and show every log line"
 )
 
 
