@@ -1,4 +1,4 @@
-"""Frame selection: which frame indices of a clip a sample uses (uniform, fps-resampled, all)."""
+"""Frame selection: which frame indices of a clip a sample uses (uniform, fps-resampled, consecutive, all)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,8 @@ class FrameSampling:
 
     Args:
         mode: ``uniform`` (N frames spread over the clip), ``fps`` (a contiguous clip resampled to
-            ``target_fps``, starting at ``cut[0]``), or ``all``.
+            ``target_fps``, starting at ``cut[0]``), ``consecutive`` (N frames in a row from ``cut[0]``, whatever
+            the source frame rate), or ``all``.
         num_frames: frames per sample (``uniform``/``fps``); ignored for ``all``.
         target_fps: output frame rate for ``fps`` mode.
         short_clip: what to do when fewer frames exist than asked: ``fail`` the sample, ``pad_last``
@@ -58,7 +59,7 @@ class FrameSampling:
             :data:`FrameRounding`).
     """
 
-    mode: Literal["uniform", "fps", "all"] = "uniform"
+    mode: Literal["uniform", "fps", "consecutive", "all"] = "uniform"
     num_frames: int = 8
     target_fps: float | None = None
     short_clip: ShortClipPolicy = "fail"
@@ -92,6 +93,8 @@ class FrameSampling:
             if available >= self.num_frames or self.short_clip == "stretch":
                 return uniform_indices(available, self.num_frames, start, self.rounding), 0
             indices = list(range(start, end))
+        elif self.mode == "consecutive":
+            indices = list(range(start, min(end, start + self.num_frames)))
         else:
             step = fps_interval(source_fps or self.target_fps, self.target_fps)  # type: ignore[arg-type]
             if step < 1:

@@ -132,6 +132,9 @@ class FeatureWriter(BasePredictionWriter):
         export_fields: entry field for each tensor name's file, e.g. ``{hidden_states: hidden_states_path}``;
             only the listed names are added. Default: ``<name>_path`` per tensor file with a ``{name}``
             template, else ``feature_path``.
+        export_done_only: leave entries without features (failed, or not processed yet) out of
+            ``export_manifest`` and list them, with the reason recorded for each, in ``<name>.missing.json``
+            beside it, so a consumer never meets an entry without its feature paths.
         embed_meta: also store each sample's metadata inside its file (the index always has it); turn off for
             consumers that expect tensors only (e.g. MindSpeed-MM's ``.pt`` feature dicts).
         export_jsonl: at the end, write this JSON Lines file in each store folder: one row per stored sample,
@@ -152,6 +155,7 @@ class FeatureWriter(BasePredictionWriter):
         skip_existing: bool = False,
         export_manifest: str | None = None,
         export_fields: dict[str, str] | None = None,
+        export_done_only: bool = False,
         embed_meta: bool = True,
         export_jsonl: str | None = None,
     ):
@@ -169,6 +173,7 @@ class FeatureWriter(BasePredictionWriter):
         self.skip_existing = skip_existing
         self.export_manifest = export_manifest
         self.export_fields = export_fields
+        self.export_done_only = export_done_only
         self.embed_meta = embed_meta
         if export_jsonl is not None and (Path(export_jsonl).is_absolute() or ".." in Path(export_jsonl).parts):
             raise ValueError(f"export_jsonl must be a file name inside the output directory, got {export_jsonl!r}")
@@ -471,7 +476,9 @@ class FeatureWriter(BasePredictionWriter):
             return
         target = self.output_dir / self.export_manifest
         per_name = "{name}" in self.path_template
-        n = export_manifest_with_features(self.output_dir, samples, target, per_name, self.export_fields)
+        n = export_manifest_with_features(
+            self.output_dir, samples, target, per_name, self.export_fields, self.export_done_only
+        )
         log.info("wrote %s (%d entries with features)", target, n)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
@@ -588,14 +595,30 @@ def log_run_summary(trainer: pl.Trainer, run: dict[str, Any]) -> None:
 
 
 def export_manifest_with_features(
-    root: Path, samples: list[Any], target: Path, per_name: bool, fields: dict[str, str] | None = None
+    root: Path,
+    samples: list[Any],
+    target: Path,
+    per_name: bool,
+    fields: dict[str, str] | None = None,
+    done_only: bool = False,
 ) -> int:
-    """Write ``{key: entry + feature file paths}`` for ``samples`` from the merged index; returns entries with paths."""
+    """Write ``{key: entry + feature file paths}`` for ``samples`` from the merged index; returns entries with paths.
+
+    With ``done_only``, entries without features are left out and listed in ``<target stem>.missing.json`` as
+    ``{key: reason}`` (the recorded failure, or "not processed").
+    """
     rows = {r["key"]: r for r in layout.read_jsonl_rows(root / layout.MERGED_INDEX)}
-    out, done = {}, 0
+    out, done, missing = {}, 0, {}
+    failures = {r["key"]: r for r in layout.read_jsonl_rows(root / layout.MERGED_FAILURES)} if done_only else {}
     for sample in samples:
         entry = dict(sample.entry)
         row = rows.get(sample.key)
+        if row is None and done_only:
+            failure = failures.get(sample.key)
+            missing[sample.key] = (
+                f"{failure['stage']}: {failure['error']}: {failure['message']}" if failure else "not processed"
+            )
+            continue
         if row is not None:
             files = row.get("files", [row["file"]])
             names = list(row["shapes"]) if per_name else [""]
@@ -606,6 +629,8 @@ def export_manifest_with_features(
             done += 1
         out[sample.key] = entry
     layout.atomic_write_text(target, json.dumps(out, indent=4, default=str))
+    if done_only:
+        layout.atomic_write_text(target.with_suffix(".missing.json"), json.dumps(missing, indent=4))
     return done
 
 
