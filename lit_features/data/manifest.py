@@ -29,6 +29,7 @@ from lit_features.data.remote import (
     resolve,
 )
 from lit_features.errors import UserError
+from lit_features.progress import progress
 
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".flv", ".mpg", ".mpeg", ".ts"}
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
@@ -162,7 +163,8 @@ def _entries_from_list(data: Any, file: Location, root: Location) -> list[_RawEn
         data = [{**entry, "key": str(key)} for key, entry in data.items()]
     if not isinstance(data, list):
         raise ManifestError(file, f"expected a JSON list of entries, got {type(data).__name__}")
-    return [_RawEntry(validate_entry(e, file, i), root, file, i) for i, e in enumerate(data)]
+    entries = progress(data, desc=f"checking {file.name}", unit="entries")
+    return [_RawEntry(validate_entry(e, file, i), root, file, i) for i, e in enumerate(entries)]
 
 
 def read_json_list(file: Location, root: Location | None = None) -> list[_RawEntry]:
@@ -172,7 +174,7 @@ def read_json_list(file: Location, root: Location | None = None) -> list[_RawEnt
 def read_jsonl(file: Location, root: Location | None = None) -> list[_RawEntry]:
     out = []
     with open_text(file) as fh:
-        for lineno, line in enumerate(fh, start=1):
+        for lineno, line in enumerate(progress(fh, desc=f"reading {file.name}", unit="lines"), start=1):
             if not line.strip():
                 continue
             try:
@@ -213,7 +215,7 @@ def read_csv(file: Location, root: Location | None = None) -> list[_RawEntry]:
             )
         cap_col = next((c for c in CSV_CAPTION_COLUMNS if c in columns), None)
         out = []
-        for i, row in enumerate(reader, start=2):
+        for i, row in enumerate(progress(reader, desc=f"reading {file.name}", unit="rows"), start=2):
             entry: dict[str, Any] = {k: v for k, v in row.items() if k not in (path_col, cap_col)}
             entry["path"] = row[path_col]
             if cap_col is not None:
@@ -297,7 +299,7 @@ def build_samples(raw: Iterable[_RawEntry], media_field: str = "path") -> list[S
     """Resolve sources, attach keys, and drop exact duplicates (same source and selector)."""
     raw = list(raw)
     idents, rels = [], []
-    for r in raw:
+    for r in progress(raw, desc="assigning keys", unit="samples"):
         rel = r.entry.get(media_field)
         suffix = selector_suffix(r.entry.get("cut"))
         explicit = r.entry.get("key", r.entry.get("id"))
@@ -334,4 +336,6 @@ def read_manifests(
     raw: list[_RawEntry] = []
     for m in manifests:
         raw.extend(read_manifest_entries(m, root))
+    if not raw:
+        raise ManifestError(", ".join(str(m) for m in manifests), "no entries (the manifest is empty)")
     return build_samples(raw)

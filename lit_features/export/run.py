@@ -29,6 +29,7 @@ from lit_features.export.record import (
     write_keys,
 )
 from lit_features.export.target import ExportTarget
+from lit_features.progress import progress
 from lit_features.remote import is_remote
 
 log = logging.getLogger(__name__)
@@ -43,10 +44,7 @@ def _open_store(path: str) -> Any:
             f"{path}: a feature store is read from a local (or shared) file system; object storage holds exports. "
             "Export the store where it was written, with --output pointing at the bucket"
         )
-    try:
-        return FeatureStore(path)
-    except FileNotFoundError as err:
-        raise UserError(str(err)) from None
+    return FeatureStore(path)  # a missing or foreign folder is a one-line error
 
 
 def _ours(name: str, module: Any) -> bool:
@@ -136,7 +134,7 @@ def export_store(
         writer = module.Writer(target, part, shard_bytes, record.parts, fingerprint)
         writer.precheck({key: list(feature_store.row(key).get("shapes", {})) for key in new_keys})
         tensor_bytes = 0
-        for key in new_keys:
+        for key in progress(new_keys, desc=f"export {format}", unit="samples"):
             tensors = feature_store[key]
             row = feature_store.row(key)
             writer.add(key, tensors, row.get("source"), feature_store.meta(key))

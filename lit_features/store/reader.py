@@ -11,8 +11,13 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from lit_features.errors import UserError
 from lit_features.store import layout
 from lit_features.store.codecs import decode
+
+
+class NotAFeatureStoreError(UserError, FileNotFoundError):
+    """A path given as a feature store is missing or holds no ``store.json``."""
 
 
 class FeatureStore:
@@ -26,7 +31,8 @@ class FeatureStore:
         self.root = Path(root)
         meta_path = self.root / layout.STORE_JSON
         if not meta_path.exists():
-            raise FileNotFoundError(f"{self.root} is not a feature store (no {layout.STORE_JSON})")
+            what = "does not exist" if not self.root.exists() else f"is not a feature store (no {layout.STORE_JSON})"
+            raise NotAFeatureStoreError(f"{self.root} {what}; give the --writer.output_dir of a predict run")
         self.info: dict[str, Any] = json.loads(meta_path.read_text())
         self._rows: dict[str, dict[str, Any]] = {}
         for path in layout.rank_files(self.root, layout.INDEX_DIR):

@@ -195,6 +195,7 @@ class FeatureWriter(BasePredictionWriter):
         self._finished = False
         self._crashed = False
         self.summary: dict[str, Any] = {}
+        self.run_summary: dict[str, Any] = {}  # over all ranks, on rank 0 at the end of a run
 
     # -- set-up ------------------------------------------------------------------------------------------------
     def _store_root(self, name: str) -> Path:
@@ -244,6 +245,7 @@ class FeatureWriter(BasePredictionWriter):
         self._started = time.monotonic()
         self._finished = False
         self._crashed = False
+        self.run_summary = {}
 
     def _summary_dir(self) -> Path:
         first = next(iter(self.stores.values()))
@@ -458,7 +460,8 @@ class FeatureWriter(BasePredictionWriter):
             run = reduce_run_summaries(summary_dir)
             layout.atomic_write_text(self._summary_dir().parent / "run_summary.json", json.dumps(run, indent=2))
             log_run_summary(trainer, run)
-            log.info(
+            self.run_summary = run  # the run's last log line says it (lit_features.predict_report)
+            log.debug(
                 "feature store %s: written %d, failed %d, skipped %d (already done), %.2f samples/s",
                 self.output_dir, run["written"], run["failed"], run["skipped"], run["samples_per_s"],
             )  # fmt: skip

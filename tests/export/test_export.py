@@ -155,7 +155,7 @@ def test_export_refuses_another_fingerprint_format_or_rewritten_samples(qwen_dir
     (other / "notes.txt").write_text("mine")
     with pytest.raises(ExportMismatchError, match="not empty and holds no _lit_features_export.json"):
         export_store(str(store.root), "parquet", str(other))
-    with pytest.raises(UserError, match="is not a feature store"):
+    with pytest.raises(UserError, match="nowhere does not exist"):
         export_store(str(tmp_path / "nowhere"), "parquet", str(tmp_path / "x"))
 
 
