@@ -14,6 +14,7 @@ import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -106,14 +107,33 @@ Writer = ParquetShardWriter
 
 
 # -- reading ---------------------------------------------------------------------------------------------------
-def decode_row(row: dict[str, Any]) -> dict[str, Any]:
-    """One Parquet row as ``{key, source, meta, <name>: tensor}``."""
-    out: dict[str, Any] = {"key": row["key"], "source": row["source"], "meta": json.loads(row["meta"])}
-    for column, data in row.items():
-        if column.endswith("_bytes") and data is not None:
+def decode_batch(batch: pa.RecordBatch) -> Iterator[dict[str, Any]]:
+    """The rows of a record batch as ``{key, source, meta, <name>: tensor}``; each tensor's bytes are copied once,
+    straight out of Arrow's data buffer."""
+    columns = {name: batch.column(name) for name in batch.schema.names}
+    small = {n: c.to_pylist() for n, c in columns.items() if not n.endswith("_bytes")}
+    tensors = []
+    for column, values in columns.items():
+        if column.endswith("_bytes"):
             name = column[: -len("_bytes")]
-            out[name] = tensor_from_bytes(data, row[f"{name}_dtype"], row[f"{name}_shape"])
-    return out
+            offsets = np.frombuffer(values.buffers()[1], dtype=np.int32)[
+                values.offset : values.offset + len(values) + 1
+            ]
+            data = values.buffers()[2]
+            present = values.is_valid().to_pylist()  # a sample without this tensor holds null
+            tensors.append((name, present, offsets, memoryview(data) if data is not None else memoryview(b"")))
+    for i in range(batch.num_rows):
+        out: dict[str, Any] = {
+            "key": small["key"][i],
+            "source": small["source"][i],
+            "meta": json.loads(small["meta"][i]),
+        }
+        for name, present, offsets, data in tensors:
+            if present[i]:
+                out[name] = tensor_from_bytes(
+                    data[offsets[i] : offsets[i + 1]], small[f"{name}_dtype"][i], small[f"{name}_shape"][i]
+                )
+        yield out
 
 
 def _share(items: list[str]) -> list[str]:
@@ -143,5 +163,4 @@ class ParquetFeatureDataset(IterableDataset):
         for file in _share(self.files):
             with open_url(file, "rb", self.storage_options) as fh:
                 for batch in pq.ParquetFile(fh).iter_batches(batch_size=self.batch_rows):
-                    for row in batch.to_pylist():
-                        yield decode_row(row)
+                    yield from decode_batch(batch)
