@@ -152,9 +152,14 @@ def read_text(url: str, storage_options: dict[str, Any] | None = None) -> str:
 
 
 def exists(url: str, storage_options: dict[str, Any] | None = None) -> bool:
+    """Whether ``url`` is a file or a folder; unlike fsspec's ``exists``, missing credentials or an unreachable
+    endpoint raise (naming the URL) instead of answering False."""
     fs, path = filesystem(url, storage_options)
     try:
-        return fs.exists(path)
+        fs.info(path)
+        return True
+    except FileNotFoundError:
+        return False
     except Exception as err:
         raise remote_error(url, err) from err
 

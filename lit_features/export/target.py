@@ -67,8 +67,7 @@ class ExportTarget:
             return
         bucket = self.path.split("/", 1)[0]
         try:
-            if not self.fs.exists(bucket):
-                raise FileNotFoundError(bucket)
+            self.fs.info(bucket)  # not exists(): that answers False for missing credentials too
         except Exception as err:
             raise remote_error(self.url, err) from err
 

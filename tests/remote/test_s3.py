@@ -117,6 +117,18 @@ def test_export_command_to_s3_and_its_one_line_errors(s3, remote_run, tmp_path: 
     )
     with pytest.raises(RemoteAccessError, match="s3://no-such-bucket/x: no such object"):
         export_store(store, "litdata", "s3://no-such-bucket/x")
+    no_credentials = run_cli(
+        ["export", store, "--format", "parquet", "--output", "s3://cli/other"],
+        check=False,
+        AWS_ACCESS_KEY_ID="",
+        AWS_SECRET_ACCESS_KEY="",
+    )
+    assert no_credentials.returncode == 2
+    assert (
+        no_credentials.stderr.strip()
+        .splitlines()[-1]
+        .startswith("lit_features: error: s3://cli/other: no credentials found to access it")
+    )
 
 
 def _closed_port() -> int:
