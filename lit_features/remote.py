@@ -16,8 +16,15 @@ from typing import IO, Any
 
 from lit_features.errors import UserError
 
-# Which optional package implements each protocol, for the "install this" message.
-PROTOCOL_PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "http": "aiohttp", "https": "aiohttp"}
+# How to install the fsspec implementation of each protocol, for the "install this" message.
+INSTALL_HINTS = {
+    "s3": "pip install 'lit_features[remote]' (s3fs)",
+    "s3a": "pip install 'lit_features[remote]' (s3fs)",
+    "gs": "pip install gcsfs",
+    "gcs": "pip install gcsfs",
+    "http": "pip install aiohttp",
+    "https": "pip install aiohttp",
+}
 _CREDENTIAL_ERRORS = {
     "NoCredentialsError",
     "PartialCredentialsError",
@@ -118,9 +125,9 @@ def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple
     try:
         return fsspec.core.url_to_fs(url, **(storage_options or {}))
     except ImportError as err:
-        package = PROTOCOL_PACKAGES.get(protocol(url), "the fsspec implementation for this protocol")
+        hint = INSTALL_HINTS.get(protocol(url), "install the fsspec implementation of this protocol")
         raise RemoteAccessError(
-            url, f"reading {protocol(url)}:// needs {package} (pip install 'lit_features[remote]'; {err})"
+            url, f"{protocol(url)}:// needs a package that is not installed: {hint} ({err})"
         ) from None
     except ValueError as err:  # unknown protocol
         raise RemoteAccessError(url, f"{err}") from None
