@@ -1,9 +1,9 @@
 """``lit_features export``: add a store's samples that are not exported yet to an export folder, as a new part.
 
-Order of work, so that a kill at any moment loses nothing and never shows a half-written export: check the
-output (format, fingerprint, exported samples unchanged), remove shards a killed export left unlisted,
-publish the new part's shards one whole file at a time, write its key list, then rewrite the record (the
-commit point), then any index derived from it.
+Order of work, so that a kill at any moment loses nothing and never shows a half-written export: take the
+output's lock (one export at a time), check the output (format, fingerprint, exported samples unchanged),
+remove shards a killed export left unlisted, publish the new part's shards one whole file at a time, write its
+key list, then rewrite the record (the commit point), then any index derived from it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from lit_features.errors import UserError
 from lit_features.export import format_module
+from lit_features.export.lock import LOCK_NAME, ExportLock
 from lit_features.export.record import (
     KEYS_DIR,
     RECORD_NAME,
@@ -49,10 +50,12 @@ def _open_store(path: str) -> Any:
 
 def _ours(name: str, module: Any) -> bool:
     """A file an export of this format writes (shards, key lists, derived index)."""
+    base = name.rsplit("/", 1)[-1]
     return bool(
         module.Writer.shard_pattern().search(name)
         or name.startswith(KEYS_DIR + "/")
-        or name == getattr(module, "INDEX_NAME", None)
+        or name in (LOCK_NAME, getattr(module, "INDEX_NAME", None))
+        or (base.startswith(".") and base.endswith(".tmp"))  # a killed write's temporary
     )
 
 
@@ -91,9 +94,27 @@ def export_store(
     started = time.perf_counter()
     module = format_module(format)
     feature_store = _open_store(store)
-    fingerprint = feature_store.fingerprint
     target = ExportTarget(output, storage_options)
     target.check_writable()
+    lock = ExportLock(target)
+    lock.acquire()
+    try:
+        return _export(feature_store, module, format, target, lock, shard_bytes, started)
+    finally:
+        target.close()
+        lock.release()
+
+
+def _export(
+    feature_store: Any,
+    module: Any,
+    format: str,
+    target: ExportTarget,
+    lock: ExportLock,
+    shard_bytes: int | None,
+    started: float,
+) -> dict[str, Any]:
+    fingerprint = feature_store.fingerprint
     record = load_record(target)
     if record is None:
         foreign = [n for n in target.list_names() if not _ours(n, module)]
@@ -117,47 +138,36 @@ def export_store(
     new_keys = [key for key in feature_store.keys() if key not in exported]
     summary: dict[str, Any] = {"output": target.url, "format": format, "fingerprint": fingerprint}
     publish_index = getattr(module, "publish_index", None)
-    try:
-        if not new_keys:
-            if publish_index is not None:
-                publish_index(target, record)  # repairs an index an interrupted export left behind
-            return {
-                **summary,
-                "added": 0,
-                "bytes": 0,
-                "file_bytes": 0,
-                "shards": 0,
-                "samples": record.samples,
-                "seconds": 0.0,
-            }
-        part = len(record.parts)
-        writer = module.Writer(target, part, shard_bytes, record.parts, fingerprint)
-        writer.precheck({key: list(feature_store.row(key).get("shapes", {})) for key in new_keys})
-        tensor_bytes = 0
-        for key in progress(new_keys, desc=f"export {format}", unit="samples"):
-            tensors = feature_store[key]
-            row = feature_store.row(key)
-            writer.add(key, tensors, row.get("source"), feature_store.meta(key))
-            tensor_bytes += sum(t.numel() * t.element_size() for t in tensors.values())
-        entry = writer.finish()
-        keys_file = write_keys(target, part, {key: current[key] for key in new_keys})
-        record.parts.append(
-            {
-                "part": part,
-                "samples": len(new_keys),
-                "tensor_bytes": tensor_bytes,
-                "file_bytes": writer.file_bytes,
-                "keys_file": keys_file,
-                "created": now(),
-                **entry,
-            }
-        )
-        save_record(target, record)
+    if not new_keys:
         if publish_index is not None:
-            publish_index(target, record)
-    finally:
-        target.close()
-    seconds = time.perf_counter() - started
+            publish_index(target, record)  # repairs an index an interrupted export left behind
+        nothing = {"added": 0, "bytes": 0, "file_bytes": 0, "shards": 0, "seconds": 0.0}
+        return {**summary, **nothing, "samples": record.samples}
+    part = len(record.parts)
+    writer = module.Writer(target, part, shard_bytes, record.parts, fingerprint)
+    writer.precheck({key: list(feature_store.row(key).get("shapes", {})) for key in new_keys})
+    tensor_bytes = 0
+    for key in progress(new_keys, desc=f"export {format}", unit="samples"):
+        tensors = feature_store[key]
+        writer.add(key, tensors, feature_store.row(key).get("source"), feature_store.meta(key))
+        tensor_bytes += sum(t.numel() * t.element_size() for t in tensors.values())
+        lock.heartbeat()
+    entry = writer.finish()
+    keys_file = write_keys(target, part, {key: current[key] for key in new_keys})
+    record.parts.append(
+        {
+            "part": part,
+            "samples": len(new_keys),
+            "tensor_bytes": tensor_bytes,
+            "file_bytes": writer.file_bytes,
+            "keys_file": keys_file,
+            "created": now(),
+            **entry,
+        }
+    )
+    save_record(target, record)
+    if publish_index is not None:
+        publish_index(target, record)
     return {
         **summary,
         "added": len(new_keys),
@@ -165,7 +175,7 @@ def export_store(
         "file_bytes": writer.file_bytes,
         "shards": len(entry["files"]),
         "samples": record.samples,
-        "seconds": round(seconds, 3),
+        "seconds": round(time.perf_counter() - started, 3),
     }
 
 

@@ -8,6 +8,7 @@ it; the readers here list shards from the record).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import shutil
@@ -102,10 +103,25 @@ class ExportTarget:
 
     def write_bytes(self, name: str, data: bytes) -> None:
         """Replace ``name`` with ``data`` as one step (temporary file + rename, or one object PUT)."""
-        local = os.path.join(self.staging_dir(), f".{posixpath.basename(name)}.{os.urandom(4).hex()}.tmp")
-        with open(local, "wb") as fh:
-            fh.write(data)
-        self.publish(local, name)
+        if self.remote:
+            try:
+                self.fs.pipe_file(self._path(name), data)
+            except Exception as err:
+                raise remote_error(self.child(name), err) from err
+            return
+        final = self._path(name)
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        tmp = os.path.join(os.path.dirname(final), f".{os.path.basename(name)}.{os.urandom(4).hex()}.tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     def remove(self, name: str) -> None:
         try:

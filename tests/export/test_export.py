@@ -203,3 +203,21 @@ def test_an_export_killed_before_its_commit_is_never_read(
     shards = {p.name for p in out.glob("*") if p.suffix in (".tar", ".bin")}
     assert shards == listed  # what the killed run left unlisted was removed
     assert not os.path.exists(out / ".lit_features_staging")
+
+
+def test_one_export_per_output_at_a_time(full_store, tmp_path: Path) -> None:
+    import json
+    import time
+
+    from lit_features.export.lock import LOCK_NAME, ExportBusyError
+
+    out = tmp_path / "export"
+    out.mkdir()
+    lease = {"owner": "otherhost:4242:ab12", "heartbeat": time.time() - 5}
+    (out / LOCK_NAME).write_text(json.dumps(lease))  # an export still running elsewhere
+    with pytest.raises(ExportBusyError, match=r"another export \(otherhost:4242:ab12, active \d+ s ago\)"):
+        export_store(str(full_store.root), "webdataset", str(out))
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # nothing written, the lease left alone
+    (out / LOCK_NAME).write_text(json.dumps({**lease, "heartbeat": time.time() - 3600}))  # that export died
+    assert export_store(str(full_store.root), "webdataset", str(out))["added"] == len(full_store)
+    assert not (out / LOCK_NAME).exists()  # released at the end
