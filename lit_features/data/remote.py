@@ -83,11 +83,15 @@ def resolve(root: Location | str, rel: str) -> str | None:
 
 
 def relative_name(root: Location | str, rel: str) -> str | None:
-    """The name a key is made from for a URL entry: relative to a remote root, else its last two components.
+    """The name a key is made from for a URL entry: relative to a remote root, else its last two components;
+    the query string is left out.
 
     ``None`` for a local entry under a local root (the local rules apply).
     """
     if remote.is_remote(rel):
+        # without the query: a presigned URL's signature changes from run to run, the object does not (two
+        # URLs differing only in their query still get distinct keys, from their full identities)
+        rel = rel.split("?", 1)[0].split("#", 1)[0]
         base = str(root).rstrip("/") + "/"
         if rel.startswith(base):
             return rel[len(base) :]

@@ -176,10 +176,13 @@ def test_keys_of_remote_sources_are_stable_and_filesystem_safe() -> None:
     raw = [
         _RawEntry({"path": "clips/a b?.mp4"}, root, root, 0),
         _RawEntry({"path": "s3://other/deep/x/clip.mp4"}, root, root, 1),  # outside the root: last two parts
-        _RawEntry({"path": "https://host/v/a.mp4?sig=1&x=2"}, root, root, 2),
+        _RawEntry({"path": "https://host/v/a.mp4?X-Amz-Signature=1&X-Amz-Date=2"}, root, root, 2),
         _RawEntry({"path": "clips/a.mp4", "cut": [0, 8]}, root, root, 3),
     ]
     samples = build_samples(raw)
-    assert [s.key for s in samples] == ["clips__a_b_mp4", "x__clip_mp4", "v__a_mp4_sig_1_x_2", "clips__a_mp4_cut0-8"]
+    assert [s.key for s in samples] == ["clips__a_b_mp4", "x__clip_mp4", "v__a_mp4", "clips__a_mp4_cut0-8"]
+    resigned = _RawEntry({"path": "https://host/v/a.mp4?X-Amz-Signature=9&X-Amz-Date=3"}, root, root, 2)
+    assert build_samples([resigned])[0].key == "v__a_mp4"  # a presigned URL signed again keeps its key
+    assert samples[2].source.endswith("?X-Amz-Signature=1&X-Amz-Date=2")  # but is fetched as given
     assert [s.source for s in samples][:2] == ["s3://bucket/datasets/v1/clips/a b?.mp4", "s3://other/deep/x/clip.mp4"]
     assert build_samples(raw)[0].key == samples[0].key  # the same entries give the same keys every time
