@@ -33,8 +33,13 @@ from typing import Any
 LAUNCHER_PID = "LIT_FEATURES_LAUNCHER_PID"
 POLL_S = 0.2
 
-_launched: list[subprocess.Popen] = []  # the launcher's own list, which it fills when the run starts
+# The launcher whose ranks this process watches. Its ``procs`` is read afresh each time: Lightning replaces the
+# list when it starts the ranks, so a list taken earlier stays empty.
+_launcher: Any = None
 _handed: list[str] = []  # user errors of launched ranks, collected when rank 0's run failed
+# Set once this process started stopping its ranks: the watcher then stands down (a rank it sees die was killed
+# here, which says nothing about that rank).
+_stopping = threading.Event()
 
 
 def is_launched_rank() -> bool:
@@ -78,11 +83,12 @@ def launched_rank_error() -> str | None:
 
 def stop_launched_ranks() -> None:
     """Kill the ranks this process launched (they would wait in a collective for a rank that is gone)."""
-    for proc in list(_launched):
+    _stopping.set()
+    for proc in _launched():
         if proc.poll() is None:
             with contextlib.suppress(OSError):
                 proc.send_signal(signal.SIGKILL)
-    for proc in list(_launched):
+    for proc in _launched():
         with contextlib.suppress(Exception):
             proc.wait(timeout=10)
     _cleanup()
@@ -100,15 +106,33 @@ def _exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode  # killed by a signal: the shell's convention
 
 
-def _watch(procs: list[subprocess.Popen], done: threading.Event) -> None:
+def _launched() -> list[subprocess.Popen]:
+    return list(getattr(_launcher, "procs", None) or [])
+
+
+def _disarm_lightning_observer() -> None:
+    """Stop Lightning's own rank observer of this process, which this watcher replaces.
+
+    That observer SIGKILLs the whole job (status 137) within 5 s of a rank exiting non-zero: it would race rank
+    0's report and its exit status. Given no processes to watch, it ends at its next look.
+    """
+    for thread in threading.enumerate():
+        if thread.name == "child-process-observer" and hasattr(thread, "_child_processes"):
+            thread._child_processes = []
+
+
+def _watch(done: threading.Event) -> None:
     while not done.wait(POLL_S):
-        failed = [(i, p) for i, p in enumerate(procs, start=1) if p.poll() not in (None, 0)]
+        _disarm_lightning_observer()
+        if _stopping.is_set():
+            return
+        failed = [(i, p) for i, p in enumerate(_launched(), start=1) if p.poll() not in (None, 0)]
         if not failed:
             continue
         # Rank 0 reports its own errors only after this thread ended (``watching`` joins it first).
         local_rank, proc = failed[0]
         message = _message_file(os.getpid(), local_rank)
-        if message.exists():
+        with contextlib.suppress(OSError):
             print(message.read_text(encoding="utf-8"), file=sys.stderr, flush=True)
         stop_launched_ranks()
         sys.stderr.flush()
@@ -118,25 +142,29 @@ def _watch(procs: list[subprocess.Popen], done: threading.Event) -> None:
 @contextlib.contextmanager
 def watching(trainer: Any) -> Iterator[None]:
     """While the body runs, watch the ranks ``trainer``'s launcher starts (no-op without launched ranks)."""
-    procs = getattr(getattr(trainer.strategy, "launcher", None), "procs", None)
-    if not isinstance(procs, list) or is_launched_rank():
+    launcher = getattr(trainer.strategy, "launcher", None)
+    if not isinstance(getattr(launcher, "procs", None), list) or is_launched_rank():
         yield
         return
-    global _launched
+    global _launcher
     _handed.clear()
-    _launched = procs  # the launcher appends its processes to this same list when the run starts
+    _stopping.clear()
+    _launcher = launcher
     _cleanup()  # left by an earlier process with this pid that was killed
     _folder(os.getpid()).mkdir()
     (_folder(os.getpid()) / "watching").touch()
     os.environ[LAUNCHER_PID] = str(os.getpid())
     done = threading.Event()
-    thread = threading.Thread(target=_watch, args=(procs, done), name="lit-features-ranks", daemon=True)
+    thread = threading.Thread(target=_watch, args=(done,), name="lit-features-ranks", daemon=True)
     thread.start()
     try:
         yield
     except BaseException:
         # A rank that failed first makes rank 0 fail too ("connection closed by peer"): keep its message.
         _handed.extend(path.read_text(encoding="utf-8") for path in sorted(_folder(os.getpid()).glob("rank-*.error")))
+        # Stop the ranks while the marker still says rank 0 speaks for them: a rank that reached its own error
+        # after the marker is gone would print it as well (the same line twice).
+        stop_launched_ranks()
         raise
     finally:
         os.environ.pop(LAUNCHER_PID, None)
