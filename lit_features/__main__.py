@@ -1,7 +1,8 @@
 """``python -m lit_features`` / ``lit-features``: Lightning subcommands plus plain ``verify``/``filter``/``inspect``.
 
 ``fit``, ``validate``, ``test`` and ``predict`` go through LightningCLI (YAML configs, ``--print_config``).
-``verify``, ``filter``, ``inspect`` and ``list`` are plain typed functions that never load a model.
+``verify``, ``export-npz``, ``export-motion``, ``filter``, ``inspect`` and ``list`` are plain typed functions that
+never load a model.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from lit_features.errors import UserError
 
 PLAIN_COMMANDS = {
     "verify": "lit_features.commands.verify:verify",
+    "export-npz": "lit_features.commands.export_npz:export_npz",
+    "export-motion": "lit_features.training.motion_export:export_motion_checkpoint",
     "filter": "lit_features.commands.filter:filter_clips",
     "inspect": "lit_features.commands.inspect:inspect_store",
     "list": "lit_features.commands.listing:list_extractors",

@@ -1,1 +1,1 @@
-"""Plain commands (no model loading): verify, filter, inspect, list."""
+"""Plain commands (no model loading): verify, export-npz, filter, inspect, list."""

@@ -7,6 +7,10 @@ are flattened to ``[-1, D]`` (so ``[1, N, D]``, ``[N, D]`` and ``[T, N, D]`` lin
 shorter length when the token counts differ (reported), and compared: max and mean absolute difference and
 the per-token cosine similarity (min/mean/max). A key passes when its minimum cosine exceeds the threshold.
 Keys or tensors present on one side only are failures. The exit code is 0 only when everything passes.
+
+Two ``.npz`` files of one seed-001 feature folder (``features_hf.npz``, ``features_packing.npz``; ``lit_features
+export-npz`` writes one from two stores) are compared the same way, and the folder's ``metadata.json`` (models,
+device, frames per input) is printed first and included in the JSON report, as the upstream tool does.
 """
 
 from __future__ import annotations
@@ -48,6 +52,43 @@ class Side:
 
     def describe(self) -> dict[str, Any]:
         return {"path": self.path, "kind": self.kind, "keys": len(self.keys), **self.info}
+
+
+SEED_METADATA = "metadata.json"
+
+
+def seed_metadata(path_a: str, path_b: str) -> dict[str, Any] | None:
+    """The ``metadata.json`` beside two ``.npz`` files of one folder (seed 001's layout), or None.
+
+    Raises:
+        VerifyInputError: If that file exists but is not valid JSON.
+    """
+    a, b = Path(path_a), Path(path_b)
+    if not (a.suffix == b.suffix == ".npz" and a.parent.resolve() == b.parent.resolve()):
+        return None
+    file = a.parent / SEED_METADATA
+    if not file.is_file():
+        return None
+    try:
+        return jsonlib.loads(file.read_text())
+    except ValueError as err:
+        raise VerifyInputError(f"{file}: not valid JSON ({err})") from None
+
+
+def print_seed_metadata(metadata: dict[str, Any]) -> None:
+    """The models, device and inputs a seed-001 ``metadata.json`` describes."""
+    print("\n=== Metadata ===")
+    for label, name in (("HF Model", "hf_model_path"), ("Packing Model", "packing_model_path")):
+        print(f"{label + ':':<15}{metadata.get(name)}")
+    print(f"{'Device:':<15}{metadata.get('device')}")
+    print(f"{'Num Frames:':<15}{metadata.get('num_frames')}")
+    print("\n=== Inputs ===")
+    for name, entry in (metadata.get("inputs") or {}).items():
+        print(f"{name}: {entry.get('path')}")
+        if "width" in entry:
+            print(f"  Resolution: {entry['width']}x{entry['height']}")
+        if "sampled_frames" in entry:
+            print(f"  Frames: {entry['sampled_frames']}/{entry.get('total_frames')}")
 
 
 def open_side(path: str) -> Side:
@@ -257,7 +298,8 @@ def verify(
     similarity exceeds the threshold; keys on one side only fail.
 
     Args:
-        store_a: first feature store directory, or an .npz file (one array per key).
+        store_a: first feature store directory, or an .npz file (one array per key), e.g. a seed-001 folder's
+            features_hf.npz (its metadata.json is then printed too).
         store_b: second feature store directory, or an .npz file.
         threshold: a key passes when its minimum per-token cosine similarity is above this.
         json: print one machine-readable JSON report instead of the text report.
@@ -265,6 +307,7 @@ def verify(
     """
     try:
         a, b = open_side(store_a), open_side(store_b)
+        metadata = seed_metadata(store_a, store_b)
     except VerifyInputError as err:
         print(f"lit_features verify: {err}", file=sys.stderr)
         return 2
@@ -273,6 +316,8 @@ def verify(
         for tag, side in (("A", a), ("B", b)):
             extra = f", extractor {side.info['extractor']}" if side.info.get("extractor") else ""
             print(f"{tag}: {side.path} ({side.kind}, {len(side.keys)} keys{extra})")
+        if metadata is not None:
+            print_seed_metadata(metadata)
     results: list[Comparison] = []
     cosines: dict[str, Any] = {}
     for result, cos in compare_sides(a, b, threshold):
@@ -298,6 +343,7 @@ def verify(
             "truncated": [r.label for r in results if r.truncated],
             "summary": {"total": len(results), "passed": passed, "failed": failed, "all_passed": all_passed},
             "histogram": histogram,
+            "metadata": metadata,
         }
         print(jsonlib.dumps(report))
     else:

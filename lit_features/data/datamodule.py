@@ -94,7 +94,8 @@ class ManifestDataModule(pl.LightningDataModule):
 
     Args:
         manifest: manifest file(s) (``.json`` list, ``.jsonl``, ``.csv``, ``<root>,<json>`` ``.txt`` list) or a folder.
-        root: folder that relative ``path`` fields are joined onto (default: the manifest's folder).
+        root: folder that relative ``path`` fields are joined onto (default: the manifest's folder; for IIANet
+            split lists, the working directory, as IIANet opens them).
         split_root: IIANet split folder (``tr/``, ``cv/``, ``tt/`` with ``s1.json``/``s2.json``), instead of
             ``manifest``.
         split: IIANet split to read: ``train``, ``val``, ``test`` or ``all``.
@@ -154,7 +155,7 @@ class ManifestDataModule(pl.LightningDataModule):
         if self.split_root is not None:
             from pathlib import Path
 
-            samples = build_samples(read_iianet_split(Path(self.split_root), self.split))
+            samples = build_samples(read_iianet_split(Path(self.split_root), self.split, self.root))
             if not samples:
                 raise ManifestError(self.split_root, f"split {self.split!r} lists no mouth clips")
             return samples

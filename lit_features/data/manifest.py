@@ -269,10 +269,15 @@ def read_directory(folder: Path) -> list[_RawEntry]:
     return [_RawEntry({"path": str(p.relative_to(folder))}, folder, folder, i) for i, p in enumerate(files)]
 
 
-def read_iianet_split(split_root: Path, split: str) -> list[_RawEntry]:
-    """Mouth ``.npz`` entries of one IIANet split (``train``/``val``/``test``/``all``), deduplicated."""
+def read_iianet_split(split_root: Path, split: str, root: str | os.PathLike | None = None) -> list[_RawEntry]:
+    """Mouth ``.npz`` entries of one IIANet split (``train``/``val``/``test``/``all``), deduplicated.
+
+    Relative paths in the lists resolve as IIANet opens them: against the working directory, or against
+    ``root`` when given (``--data.root``) — never against the list's own folder.
+    """
     if split not in IIANET_SPLITS:
         raise ManifestError(split_root, f"unknown split {split!r}; choose one of {sorted(IIANET_SPLITS)}")
+    base = Path(root) if root is not None else Path.cwd()
     out, seen = [], set()
     for sub in IIANET_SPLITS[split]:
         for name in ("s1.json", "s2.json"):
@@ -291,7 +296,7 @@ def read_iianet_split(split_root: Path, split: str) -> list[_RawEntry]:
                 entry = {"path": row[1], "wav": row[0]}
                 if len(row) > 2:
                     entry["n_samples"] = row[2]
-                out.append(_RawEntry(entry, split_root, file, i))
+                out.append(_RawEntry(entry, base, file, i))
     return out
 
 

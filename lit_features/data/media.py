@@ -156,12 +156,16 @@ def decode_video(
             ) from pyav_error
 
 
-def decode_image(path: str) -> np.ndarray:
-    """An RGB ``uint8 [H, W, 3]`` image, EXIF orientation applied."""
+def decode_image(path: str, exif_transpose: bool = True) -> np.ndarray:
+    """An RGB ``uint8 [H, W, 3]`` image, its EXIF orientation applied unless ``exif_transpose`` is off.
+
+    Off reproduces ``Image.open(path).convert("RGB")``: the stored pixels, as code that ignores EXIF sees them.
+    """
     from PIL import Image, ImageOps
 
     with Image.open(path) as image:
-        image = ImageOps.exif_transpose(image)
+        if exif_transpose:
+            image = ImageOps.exif_transpose(image)
         return np.asarray(image.convert("RGB")).copy()
 
 

@@ -60,8 +60,9 @@ class MediaLoader:
         """Frames of ``path`` chosen by ``sampling``; ``size`` = (H, W) scales them while decoding."""
         return self._call("video", path, sampling, cut, self.video_backend, size)
 
-    def image(self, path: str) -> Any:
-        return self._call("image", path)
+    def image(self, path: str, exif_transpose: bool = True) -> Any:
+        """RGB ``uint8 [H, W, 3]``; ``exif_transpose=False`` keeps the stored orientation (EXIF ignored)."""
+        return self._call("image", path, exif_transpose=exif_transpose)
 
     def npz(self, path: str, key: str = "data") -> Any:
         return self._call("npz", path, key)

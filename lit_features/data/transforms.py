@@ -1,4 +1,4 @@
-"""Frame transforms on ``[T, C, H, W]`` tensors: resizes, the two center-crop-resize orders, normalisation."""
+"""Frame transforms on ``[T, C, H, W]`` tensors: resizes, center crops, the upstream Wan size rules, normalisation."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def center_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def crop_then_resize(x: torch.Tensor, size: tuple[int, int], mode: Interpolation = "bilinear") -> torch.Tensor:
-    """Crop the largest centred region with the target aspect, then resize it to exactly ``size`` (BindWeave)."""
+    """Crop the largest centred region with the target aspect, then resize it to exactly ``size``."""
     h, w = x.shape[-2:]
     th, tw = size
     if h * tw > w * th:  # too tall for the target aspect
@@ -75,8 +75,69 @@ def crop_then_resize(x: torch.Tensor, size: tuple[int, int], mode: Interpolation
 
 
 def resize_then_crop(x: torch.Tensor, size: tuple[int, int], mode: Interpolation = "bilinear") -> torch.Tensor:
-    """Resize to cover ``size`` keeping aspect (short side, ceil), then center-crop (FlashI2V)."""
+    """Resize to cover ``size`` keeping aspect (both sides ceil), then center-crop (FlashI2V's own rule differs:
+    :func:`flashi2v_resize_crop`)."""
     return center_crop(resize_cover(x, size, mode), size)
+
+
+def cover_short_side(h: int, w: int, size: tuple[int, int], rounding: Literal["floor", "ceil"]) -> tuple[int, int]:
+    """Size that covers ``size`` = (H, W) keeping aspect, with the matched side exactly the target.
+
+    The scale comes from the side that must match (the height when the source is wider than the target, else the
+    width); only the other side is computed, as ``target / matched * other`` in that float order, then truncated
+    (``floor``: MindSpeed-MM's ``shortsideresize``, BindWeave) or rounded up (``ceil``: FlashI2V's fork). Scaling
+    both sides by one factor and rounding each (as :func:`resize_cover` does) can land one pixel off the target:
+    406x720 -> 481x852 instead of 480x852 at 480x832.
+    """
+    th, tw = size
+    other = math.floor if rounding == "floor" else math.ceil
+    if h / w < th / tw:
+        return th, int(other(th / h * w))
+    return int(other(tw / w * h)), tw
+
+
+def crop_to_aspect(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Center-crop ``[..., H, W]`` to the aspect of ``size`` (truncating sizes, offsets rounded half to even)."""
+    h, w = x.shape[-2:]
+    ratio = size[0] / size[1]
+    ch, cw = (int(w * ratio), w) if h / w > ratio else (h, int(h / ratio))
+    top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+    return x[..., top : top + ch, left : left + cw]
+
+
+def _bilinear_aa(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    # Resizing to the input's own size is the identity for bilinear (checked), so it is skipped.
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def bindweave_resize_crop(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """BindWeave's training transform: ``uint8 [T, 3, H, W]`` -> float ``[T, 3, *size]`` in [0, 1].
+
+    Resize the uint8 frames by the short side to cover ``size`` (:func:`cover_short_side`, ``floor``; bilinear,
+    antialias, rounded to uint8 by the resize itself), /255, crop the centre to the target aspect, then resize to
+    exactly ``size`` (a no-op unless truncation left the covering size a pixel short, e.g. 719x1278).
+    """
+    if frames.dtype != torch.uint8:
+        raise TypeError(f"bindweave_resize_crop takes uint8 frames, got {frames.dtype}")
+    covered = _bilinear_aa(frames, cover_short_side(*frames.shape[-2:], size, "floor"))
+    return _bilinear_aa(crop_to_aspect(covered.float() / 255.0, size), size)
+
+
+def flashi2v_resize_crop(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """FlashI2V's training transform: ``uint8 [T, 3, H, W]`` -> float ``[T, 3, *size]`` in [0, 1].
+
+    Resize the uint8 frames by the short side to cover ``size`` (:func:`cover_short_side`, ``ceil``; bilinear,
+    antialias), center-crop to exactly ``size``, then /255.
+    """
+    if frames.dtype != torch.uint8:
+        raise TypeError(f"flashi2v_resize_crop takes uint8 frames, got {frames.dtype}")
+    covered = _bilinear_aa(frames, cover_short_side(*frames.shape[-2:], size, "ceil"))
+    return center_crop(covered, size).float() / 255.0
+
+
+UPSTREAM_SIZE_RULES = {"bindweave": bindweave_resize_crop, "flashi2v": flashi2v_resize_crop}
 
 
 def normalize(x: torch.Tensor, preset: str | tuple[tuple[float, ...], tuple[float, ...]]) -> torch.Tensor:

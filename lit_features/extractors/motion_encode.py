@@ -3,9 +3,11 @@
 A predict job over a feature store (``FeatureStoreDataModule``), not a video manifest: every sample of the
 input store (e.g. ``outputs/vfm/VideoMAEv2``) is encoded by a trained motion autoencoder and written under
 the same key. The checkpoint is a ``fit`` checkpoint (``.ckpt``) or an upstream
-``{epoch, state_dict, config, mean_loss}`` file, used as is. Stored per sample: ``latent`` ``[T, N,
-latent_dim]`` (N = H*W for grid features), ``motion_embedding`` ``[T, latent_dim]`` (latent averaged over N)
-and ``compression_ratio`` (0-d, ``input_dim / latent_dim``); the input's caption/video/model go in the meta.
+``{epoch, state_dict, config, mean_loss}`` file, used as is. Stored per sample, as upstream ``encode.py``
+writes them: ``latent`` in the input's layout (``[T, H, W, latent_dim]`` for ``[T, H, W, C]`` features,
+``[T, N, latent_dim]`` for ``[T, N, C]``), ``motion_embedding`` ``[T, latent_dim]`` (latent averaged over the
+tokens) and ``compression_ratio`` (0-d, latent size / input size = ``latent_dim / input_dim``, 0.25 for
+768 -> 192); the input's caption/video/model go in the meta.
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ import torch
 from lit_features.data.dataset import Batch
 from lit_features.extractors.base import FeatureExtractor, MissingWeightsError
 from lit_features.training.feature_data import StoredFeaturePreprocessor
+
+#: Recorded in the fingerprint: stores written before the outputs followed upstream (latent flattened to
+#: ``[T, N, latent_dim]``, ratio ``input_dim / latent_dim``) are refused rather than extended with new samples.
+OUTPUT_LAYOUT = "latent in the input's layout; compression_ratio = latent_dim / input_dim"
 
 
 class MotionEncodeFeatures(FeatureExtractor):
@@ -74,6 +80,7 @@ class MotionEncodeFeatures(FeatureExtractor):
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(chunk)
         fp["weights"] = {"file": os.path.basename(self.model_path), "sha256": digest.hexdigest()[:16]}
+        fp["outputs"] = OUTPUT_LAYOUT
         return fp
 
     def load_model(self) -> torch.nn.Module:

@@ -2,7 +2,8 @@
 
 Inputs at native resolution with the model's own snapping rule by default: each side floored to a multiple
 of the patch size and center-cropped (``snap="crop"``; no pixel is resampled), CLIP normalisation, videos as
-``num_frames`` uniformly sampled frames. Frame ``i`` of ``T`` gets the rotary time position
+``num_frames`` uniformly sampled frames (``round(linspace(0, n-1, N))``, or floored with
+``frame_rounding="floor"``). Frame ``i`` of ``T`` gets the rotary time position
 ``round(i / (T - 1) * 63)`` of a 64-slot grid (8 frames: ``[0, 9, 18, 27, 36, 45, 54, 63]``, recorded as
 ``frame_slots`` in each video's metadata); images sit at t = 0.
 
@@ -27,8 +28,13 @@ from typing import Any, Literal
 import torch
 
 from lit_features.data.dataset import Batch
+from lit_features.data.sampling import FrameRounding
 from lit_features.extractors.base import FeatureExtractor
-from lit_features.extractors.vision_tower import NativeResolutionPreprocessor, choose_normalisation
+from lit_features.extractors.vision_tower import (
+    NativeResolutionPreprocessor,
+    choose_normalisation,
+    omit_default_rounding,
+)
 from lit_features.models.onevision_vit import (
     DEFAULT_TEMPORAL_SLOTS,
     OneVisionViTModel,
@@ -38,6 +44,7 @@ from lit_features.models.onevision_vit import (
     visible_indices_for_slots,
 )
 from lit_features.models.packed_vision_tower import resolve_layer, token_budget_groups
+from lit_features.models.weights import from_pretrained_strict
 
 
 class OneVisionFeatures(FeatureExtractor):
@@ -53,6 +60,9 @@ class OneVisionFeatures(FeatureExtractor):
         max_pixels: downscale larger inputs to at most this many pixels first (``None``: never).
         normalization: ``clip`` (default) or another preset, or ``checkpoint`` (the folder's
             ``preprocessor_config.json``).
+        frame_rounding: ``round`` the uniform frame positions ``linspace(0, n-1, N)`` (the seed README's
+            rule, default) or ``floor`` them (the public extraction code's rule); recorded per video and, for
+            ``floor``, in the store fingerprint.
         dtype: model dtype; features are stored in it.
     """
 
@@ -68,6 +78,7 @@ class OneVisionFeatures(FeatureExtractor):
         short_clip: Literal["fail", "pad_last", "stretch"] = "fail",
         max_pixels: int | None = None,
         normalization: str = "clip",
+        frame_rounding: FrameRounding = "round",
         dtype: str = "bfloat16",
         trust_remote_code: bool = False,
     ):
@@ -78,6 +89,7 @@ class OneVisionFeatures(FeatureExtractor):
         self.short_clip = short_clip
         self.max_pixels = max_pixels
         self.normalization = normalization
+        self.frame_rounding = frame_rounding
         self.mean, self.std = choose_normalisation(model_path, normalization)
         config = self.model_config()
         self.patch_size = int(config.get("patch_size", 14))
@@ -87,6 +99,7 @@ class OneVisionFeatures(FeatureExtractor):
                 f"num_frames must be between 1 and the model's {self.temporal_slots} temporal slots, got {num_frames}"
             )
         self._preprocessor: NativeResolutionPreprocessor | None = None
+        self.preprocessor()  # a bad frame_rounding fails now, not in a worker
 
     def model_config(self) -> dict[str, Any]:
         file = Path(self.model_path) / "config.json"
@@ -102,16 +115,22 @@ class OneVisionFeatures(FeatureExtractor):
                 std=tuple(self.std),
                 short_clip=self.short_clip,
                 max_pixels=self.max_pixels,
+                frame_rounding=self.frame_rounding,
             )
         return self._preprocessor
 
+    def fingerprint(self) -> dict[str, Any]:
+        return omit_default_rounding(super().fingerprint())
+
     def load_model(self) -> torch.nn.Module:
-        model = OneVisionViTModel.from_pretrained(self.model_path, dtype=self.compute_dtype)
+        model = from_pretrained_strict(OneVisionViTModel, self.model_path, dtype=self.compute_dtype)
         resolve_layer(self.layer, model.config.num_hidden_layers)  # a bad index fails before any sample
         return model
 
     def sample_meta(self, batch: Batch, index: int) -> dict[str, Any]:
         meta = super().sample_meta(batch, index)
+        # Where the features came from, for reports such as the seed-001 metadata.json (export-npz).
+        meta.update(model_path=self.model_path, device=self.device.type)
         if meta.get("kind") == "video":
             meta["frame_slots"] = self.slots(len(meta["frame_indices"]))
         return meta
@@ -162,6 +181,7 @@ class OneVisionPackedFeatures(OneVisionFeatures):
         short_clip: policy for videos with fewer frames than ``num_frames``.
         max_pixels: downscale larger inputs to at most this many pixels first (``None``: never).
         normalization: ``clip`` (default), another preset, or ``checkpoint``.
+        frame_rounding: ``round`` (default) or ``floor`` the uniform frame positions.
         max_tokens: most patches in one packed sequence; a batch above it is cut into several packs between
             samples (a single larger sample still runs whole). ``None``: one pack per batch.
         dtype: model dtype; features are stored in it.
@@ -179,12 +199,22 @@ class OneVisionPackedFeatures(OneVisionFeatures):
         short_clip: Literal["fail", "pad_last", "stretch"] = "fail",
         max_pixels: int | None = None,
         normalization: str = "clip",
+        frame_rounding: FrameRounding = "round",
         max_tokens: int | None = 65536,
         dtype: str = "bfloat16",
         trust_remote_code: bool = False,
     ):
         super().__init__(
-            model_path, layer, num_frames, snap, short_clip, max_pixels, normalization, dtype, trust_remote_code
+            model_path,
+            layer,
+            num_frames,
+            snap,
+            short_clip,
+            max_pixels,
+            normalization,
+            frame_rounding,
+            dtype,
+            trust_remote_code,
         )
         if max_tokens is not None and max_tokens < 1:
             raise ValueError(f"max_tokens must be positive or None, got {max_tokens}")

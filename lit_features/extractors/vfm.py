@@ -22,8 +22,9 @@ What ``feature`` is, per model (48 frames):
 - **DINOv2** (Hugging Face ``Dinov2Model``, 420x630 -> ``[48, 30, 45, C]``): normed patch tokens
   (``last_hidden_state`` without the CLS token), frames run in chunks of ``chunk_size``.
 
-:class:`MultiVFMFeatures` runs any subset of these over each video decoded once, one sub-store per model,
-and writes ``vfm_dimensions.txt`` / ``vfm_summary.json`` (feature size and failures per model) at the end.
+:class:`MultiVFMFeatures` runs any subset of these over each video decoded once, one sub-store per model.
+Every run ends with upstream's reports (:mod:`lit_features.extractors.vfm_report`): ``failed_videos.txt`` in
+each model's folder, ``vfm_dimensions.txt`` and ``vfm_summary.json`` in the output folder.
 """
 
 from __future__ import annotations
@@ -45,14 +46,19 @@ from lit_features.data.preprocess import EntryError, MediaLoader, Preprocessor
 from lit_features.data.sampling import FrameSampling
 from lit_features.data.transforms import NORMALIZATION_PRESETS, normalize, resize, to_tensor
 from lit_features.extractors.base import FeatureExtractor, MissingWeightsError, is_about_inputs, quiet_transformers
+from lit_features.extractors.vfm_report import write_run_summary
+from lit_features.models.weights import from_pretrained_strict
 from lit_features.records import Failure, FeatureRecord, PredictionOutput
 
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN, IMAGENET_STD = NORMALIZATION_PRESETS["imagenet"]
 ShortClip = Literal["fail", "pad_last", "stretch"]
-SUMMARY_JSON = "vfm_summary.json"
-DIMENSIONS_TXT = "vfm_dimensions.txt"
+#: Heads a checkpoint may hold that feature extraction leaves out (strict loading drops exactly these):
+#: a classifier and its pooling norm / pooler ...
+CLASSIFIER_HEADS = (r"classifier\.", r"fc_norm\.", r"pooler\.")
+#: ... and, for VideoMAE pre-training checkpoints, the MAE decoder and its mask token.
+VIDEOMAE_HEADS = (*CLASSIFIER_HEADS, r"decoder\.", r"encoder_to_decoder\.", r"mask_token$")
 
 
 def size_key(size: tuple[int, int]) -> str:
@@ -277,10 +283,14 @@ class VideoMAEFeatures(VFMFeatures):
     def load_model(self) -> torch.nn.Module:
         from transformers import VideoMAEModel
 
-        # A pre-training checkpoint also holds the MAE decoder, which feature extraction does not use.
+        # A pre-training checkpoint also holds the MAE decoder, a fine-tuned one a classifier: neither is used.
         with quiet_transformers():
-            return VideoMAEModel.from_pretrained(
-                self.model_path, dtype=self.compute_dtype, trust_remote_code=self.trust_remote_code
+            return from_pretrained_strict(
+                VideoMAEModel,
+                self.model_path,
+                dropped=VIDEOMAE_HEADS,
+                dtype=self.compute_dtype,
+                trust_remote_code=self.trust_remote_code,
             )
 
     @property
@@ -478,8 +488,12 @@ class VJEPA2Features(VFMFeatures):
         from transformers import VJEPA2Model
 
         with quiet_transformers():
-            model = VJEPA2Model.from_pretrained(
-                self.model_path, dtype=self.compute_dtype, trust_remote_code=self.trust_remote_code
+            model = from_pretrained_strict(
+                VJEPA2Model,
+                self.model_path,
+                dropped=CLASSIFIER_HEADS,
+                dtype=self.compute_dtype,
+                trust_remote_code=self.trust_remote_code,
             )
         model.predictor = None  # encoder only: the predictor's weights need not stay in memory
         return model
@@ -534,8 +548,12 @@ class DINOv2Features(VFMFeatures):
         from transformers import Dinov2Model
 
         with quiet_transformers():
-            return Dinov2Model.from_pretrained(
-                self.model_path, dtype=self.compute_dtype, trust_remote_code=self.trust_remote_code
+            return from_pretrained_strict(
+                Dinov2Model,
+                self.model_path,
+                dropped=CLASSIFIER_HEADS,
+                dtype=self.compute_dtype,
+                trust_remote_code=self.trust_remote_code,
             )
 
     @property
@@ -701,76 +719,3 @@ class MultiVFMFeatures(FeatureExtractor):
     def on_predict_end(self) -> None:
         if self.trainer.global_rank == 0:
             write_run_summary(self, self.trainer)
-
-
-def find_output_dir(trainer: Any) -> Path | None:
-    """The feature writer's output directory (None when the run has no writer)."""
-    for callback in trainer.callbacks:
-        if hasattr(callback, "skip_keys") and hasattr(callback, "output_dir"):
-            return Path(callback.output_dir)
-    return None
-
-
-def write_run_summary(extractor: Any, trainer: Any) -> dict[str, Any] | None:
-    """Write ``vfm_summary.json`` and ``vfm_dimensions.txt`` (upstream's report) into the output directory.
-
-    Per model: feature dimension C, the shape of one stored feature, samples stored, failures (with the first
-    few messages), or why the model was skipped. Runs on rank 0 after the writer merged the stores.
-    """
-    from lit_features.store.reader import FeatureStore
-
-    output_dir = find_output_dir(trainer)
-    if output_dir is None:
-        return None
-    dims = extractor.model_dims()
-    models: dict[str, Any] = {}
-    for store_name, label in extractor.store_labels().items():
-        root = output_dir / store_name if store_name else output_dir
-        info: dict[str, Any] = {"store": str(root), "feature_dim": dims.get(label)}
-        try:
-            store = FeatureStore(root)
-        except FileNotFoundError:
-            models[label] = info
-            continue
-        keys = store.keys()
-        shape = store.row(keys[0])["shapes"].get("feature") if keys else None
-        failures = store.failures()
-        info.update(
-            feature_shape=shape,
-            written=len(keys),
-            failed=len(failures),
-            failures=[f"{f.get('source') or f['key']}: {f.get('error')}: {f.get('message')}" for f in failures[:20]],
-        )
-        if shape and info["feature_dim"] is None:
-            info["feature_dim"] = shape[-1]
-        models[label] = info
-    for label, reason in extractor.skipped_models().items():
-        models[label] = {"skipped": reason}
-    summary = {"models": models}
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / SUMMARY_JSON).write_text(json.dumps(summary, indent=2))
-    lines = ["VFM feature dimensions report", f"output_dir: {output_dir}", ""]
-    for label, info in models.items():
-        lines.append(f"- {label}")
-        if "skipped" in info:
-            lines += ["  skipped: weights missing", ""]
-            continue
-        lines.append(f"  sample_feature_shape: {info.get('feature_shape')}")
-        lines.append(f"  feature_dimension(C): {info.get('feature_dim')}")
-        lines.append(f"  written: {info.get('written', 0)}  failed: {info.get('failed', 0)}")
-        lines.append("")
-    (output_dir / DIMENSIONS_TXT).write_text("\n".join(lines))
-    for label, info in models.items():
-        if "skipped" in info:
-            log.warning("VFM %s: skipped (weights missing)", label)
-        else:
-            log.info(
-                "VFM %s: C=%s, feature %s, %s written, %s failed -> %s",
-                label,
-                info.get("feature_dim"),
-                info.get("feature_shape"),
-                info.get("written", 0),
-                info.get("failed", 0),
-                info["store"],
-            )
-    return summary

@@ -25,7 +25,7 @@ import torch
 from lit_features.data.dataset import Batch, Prepared
 from lit_features.data.manifest import IMAGE_EXTENSIONS, Sample
 from lit_features.data.preprocess import MediaLoader, Preprocessor
-from lit_features.data.sampling import FrameSampling
+from lit_features.data.sampling import FrameRounding, FrameSampling
 from lit_features.data.transforms import NORMALIZATION_PRESETS, center_crop, normalize, resize, to_tensor
 from lit_features.extractors.base import FeatureExtractor, quiet_transformers
 from lit_features.models.packed_vision_tower import (
@@ -33,6 +33,11 @@ from lit_features.models.packed_vision_tower import (
     resolve_layer,
     token_budget_groups,
 )
+from lit_features.models.weights import from_pretrained_strict
+
+#: Checkpoint keys of a full SigLIP/CLIP model that its vision tower leaves out: the text tower, the
+#: contrastive logit scale/bias and the projection heads (features are ``hidden_states``, before any head).
+TWO_TOWER_HEADS = (r"text_model\.", r"logit_scale$", r"logit_bias$", r"text_projection\.", r"visual_projection\.")
 
 
 def snap_size(height: int, width: int, patch: int, rule: Literal["resize", "crop"]) -> tuple[int, int]:
@@ -66,6 +71,17 @@ def choose_normalisation(model_path: str, normalization: str) -> tuple[tuple[flo
     return NORMALIZATION_PRESETS[normalization]
 
 
+def omit_default_rounding(fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """Drops ``frame_rounding: round`` from a fingerprint's ``params``.
+
+    Rounding was the only rule before ``floor`` became an option, so stores made with it keep their
+    fingerprint; a ``floor`` store records it (and is refused by a ``round`` run, and the other way round).
+    """
+    if fingerprint.get("params", {}).get("frame_rounding") == "round":
+        fingerprint["params"] = {k: v for k, v in fingerprint["params"].items() if k != "frame_rounding"}
+    return fingerprint
+
+
 @dataclass
 class NativeResolutionPreprocessor(Preprocessor):
     """Images at native resolution, or N uniform frames of a video, snapped to the patch grid and normalised."""
@@ -77,18 +93,32 @@ class NativeResolutionPreprocessor(Preprocessor):
     std: tuple[float, ...] = (0.26862954, 0.26130258, 0.27577711)
     short_clip: Literal["fail", "pad_last", "stretch"] = "fail"
     max_pixels: int | None = None
+    frame_rounding: FrameRounding = "round"
+
+    def __post_init__(self) -> None:
+        if self.frame_rounding not in ("round", "floor"):  # fail at start, not in a DataLoader worker
+            raise ValueError(f"frame_rounding must be 'round' or 'floor', got {self.frame_rounding!r}")
+
+    def params(self) -> dict[str, Any]:
+        params = super().params()
+        if params["frame_rounding"] == "round":
+            del params["frame_rounding"]  # see omit_default_rounding
+        return params
 
     def load_frames(self, sample: Sample, media: MediaLoader) -> tuple[Any, dict[str, Any]]:
         assert sample.source is not None
         if Path(sample.source).suffix.lower() in IMAGE_EXTENSIONS:
-            return media.image(sample.source)[None], {"kind": "image"}
-        sampling = FrameSampling("uniform", self.num_frames, short_clip=self.short_clip)
+            image = media.image(sample.source)
+            return image[None], {"kind": "image", "source_size": list(image.shape[:2])}
+        sampling = FrameSampling("uniform", self.num_frames, short_clip=self.short_clip, rounding=self.frame_rounding)
         video = media.video(sample.source, sampling, sample.cut)
         meta = {
             "kind": "video",
             "frame_indices": video.indices,
+            "frame_rounding": self.frame_rounding,
             "total_frames": video.total_frames,
             "fps": video.fps,
+            "source_size": list(video.frames.shape[1:3]),
         }
         if video.padded:
             meta["padded_frames"] = video.padded
@@ -124,6 +154,7 @@ class VisionTowerFeatures(FeatureExtractor):
         max_pixels: downscale larger inputs to at most this many pixels first (``None``: never).
         normalization: ``checkpoint`` (mean/std from the weights' ``preprocessor_config.json``, CLIP's when
             it has none) or a preset: ``clip``, ``imagenet``, ``half``.
+        frame_rounding: ``round`` (default) or ``floor`` the uniform frame positions (recorded per video).
         dtype: model dtype; features are stored in it.
     """
 
@@ -139,6 +170,7 @@ class VisionTowerFeatures(FeatureExtractor):
         short_clip: Literal["fail", "pad_last", "stretch"] = "fail",
         max_pixels: int | None = None,
         normalization: str = "checkpoint",
+        frame_rounding: FrameRounding = "round",
         dtype: str = "bfloat16",
         trust_remote_code: bool = False,
     ):
@@ -149,8 +181,10 @@ class VisionTowerFeatures(FeatureExtractor):
         self.short_clip = short_clip
         self.max_pixels = max_pixels
         self.normalization = normalization
+        self.frame_rounding = frame_rounding
         choose_normalisation(model_path, normalization)  # a bad name fails now, not in a worker
         self._preprocessor: NativeResolutionPreprocessor | None = None
+        self.preprocessor()  # a bad frame_rounding fails now, not in a worker
 
     def vision_config(self) -> dict[str, Any]:
         file = Path(self.model_path) / "config.json"
@@ -170,8 +204,16 @@ class VisionTowerFeatures(FeatureExtractor):
                 std=tuple(std),
                 short_clip=self.short_clip,
                 max_pixels=self.max_pixels,
+                frame_rounding=self.frame_rounding,
             )
         return self._preprocessor
+
+    def fingerprint(self) -> dict[str, Any]:
+        return omit_default_rounding(super().fingerprint())
+
+    def sample_meta(self, batch: Batch, index: int) -> dict[str, Any]:
+        # Where the features came from, for reports such as the seed-001 metadata.json (export-npz).
+        return {**super().sample_meta(batch, index), "model_path": self.model_path, "device": self.device.type}
 
     def load_model(self) -> torch.nn.Module:
         from transformers import AutoConfig, CLIPVisionModel, SiglipVisionModel
@@ -179,10 +221,15 @@ class VisionTowerFeatures(FeatureExtractor):
         config = AutoConfig.from_pretrained(self.model_path, trust_remote_code=self.trust_remote_code)
         model_type = getattr(config, "model_type", "")
         cls = CLIPVisionModel if model_type.startswith("clip") else SiglipVisionModel
-        # A full two-tower checkpoint has text weights the vision tower does not use: not worth a warning table.
+        # A full two-tower checkpoint also holds the text tower and the contrastive heads, which the vision tower
+        # does not use (TWO_TOWER_HEADS); any other missing or unexpected key stops the run.
         with quiet_transformers():
-            return cls.from_pretrained(
-                self.model_path, dtype=self.compute_dtype, trust_remote_code=self.trust_remote_code
+            return from_pretrained_strict(
+                cls,
+                self.model_path,
+                dropped=TWO_TOWER_HEADS,
+                dtype=self.compute_dtype,
+                trust_remote_code=self.trust_remote_code,
             )
 
     def configure_model(self) -> None:
@@ -229,6 +276,7 @@ class PackedVisionTowerFeatures(VisionTowerFeatures):
         short_clip: policy for videos with fewer frames than ``num_frames``.
         max_pixels: downscale larger inputs to at most this many pixels first (``None``: never).
         normalization: ``checkpoint`` or a preset name, as for ``vision_tower``.
+        frame_rounding: ``round`` (default) or ``floor`` the uniform frame positions.
         max_tokens: most tokens in one packed sequence; a batch above it is cut into several packs
             between samples (a single larger sample still runs whole). ``None``: one pack per batch.
         dtype: model dtype; features are stored in it.
@@ -246,12 +294,22 @@ class PackedVisionTowerFeatures(VisionTowerFeatures):
         short_clip: Literal["fail", "pad_last", "stretch"] = "fail",
         max_pixels: int | None = None,
         normalization: str = "checkpoint",
+        frame_rounding: FrameRounding = "round",
         max_tokens: int | None = 65536,
         dtype: str = "bfloat16",
         trust_remote_code: bool = False,
     ):
         super().__init__(
-            model_path, layer, num_frames, snap, short_clip, max_pixels, normalization, dtype, trust_remote_code
+            model_path,
+            layer,
+            num_frames,
+            snap,
+            short_clip,
+            max_pixels,
+            normalization,
+            frame_rounding,
+            dtype,
+            trust_remote_code,
         )
         if max_tokens is not None and max_tokens < 1:
             raise ValueError(f"max_tokens must be positive or None, got {max_tokens}")

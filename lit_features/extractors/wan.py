@@ -3,11 +3,13 @@
 One pass per clip produces what a Wan2.1-based trainer reads, under the upstream key names:
 
 - ``video``: the diffusers ``AutoencoderKLWan`` latent of the clip (``latent_dist.mode()``, or a per-clip seeded
-  sample on request), normalised per channel with the VAE config's ``latents_mean``/``latents_std``:
-  ``(z - mean) / std``. ``[16, (T - 1) / 4 + 1, H / 8, W / 8]``; 81 frames at 720x1280 give ``[16, 21, 90, 160]``.
-- ``prompt_ids``: the UMT5 encoder's ``last_hidden_state`` (an embedding despite the name) of the caption after
-  whitespace collapsing, tokenised to ``max_length`` (512) with padding; padded positions are left as the
-  encoder computed them, as upstream does. ``[1, 512, D]``, or ``[1, L, D]`` with ``unpadded_text``.
+  sample on request), whole or tiled (:mod:`lit_features.extractors.wan_vae`: MindSpeed-MM's tiling by
+  default), normalised per channel with the VAE config's ``latents_mean``/``latents_std``: ``(z - mean) / std``.
+  ``[16, (T - 1) / 4 + 1, H / 8, W / 8]``; 81 frames at 720x1280 give ``[16, 21, 90, 160]``.
+- ``prompt_ids``: the UMT5 encoder's ``last_hidden_state`` (an embedding despite the name) of the cleaned caption
+  (``caption_cleaning``: BindWeave's whitespace collapsing or FlashI2V's cleaning), tokenised to ``max_length``
+  (512) with padding; padded positions are left as the encoder computed them, as upstream does. ``[1, 512, D]``,
+  or ``[1, L, D]`` with ``unpadded_text``.
 - ``prompt_mask``: the tokenizer's attention mask, ``[1, 512]`` int64 (``[1, L]`` with ``unpadded_text``).
 - with ``i2v="first_frame"`` (Wan I2V): ``i2v_clip_feature`` = CLIP vision ``hidden_states[-2]`` of the first frame
   (224x224 bicubic, CLIP mean/std) ``[257, 1280]``, and ``i2v_vae_feature`` = 4 mask channels (ones on the first
@@ -18,13 +20,12 @@ One pass per clip produces what a Wan2.1-based trainer reads, under the upstream
   and ``i2v_vae_feature`` = ``max_references`` reference slots (mask channel + 3 zero channels + the
   reference's one-frame latent; empty slots zero) followed by ``t`` video slots (zero mask + the latent of an
   all-zero video), ``[20, max_references + t, h, w]``. Each reference is fitted into the video frame keeping its
-  aspect and padded with black; its mask marks the image area.
+  aspect and padded with black; its mask marks the image area. These condition latents are never tiled
+  (BindWeave's ``i2v_vae_encode_tiling: false``).
 
-Preprocessing (in DataLoader workers): ``num_frames`` frames at ``target_fps`` from the entry's ``cut`` start
-(``num_frames`` must be 4k+1: anything else is refused when the extractor is built), resized with
-``crop_then_resize`` (BindWeave: crop to the target aspect, then resize) or ``resize_then_crop`` (FlashI2V: resize
-to cover by the short side, ceil, then center-crop), bilinear with antialias, then normalised with mean 0.5 and
-std 0.5. Images are one-frame clips. Captions come from ``cap``.
+Preprocessing (DataLoader workers, :mod:`lit_features.extractors.wan_inputs`): frames from the entry's start,
+consecutive or resampled to ``target_fps``; the uint8 frames resized and cropped by the upstream rule
+(``bindweave`` or ``flashi2v``), normalised to [-1, 1]. Images are one-frame clips. Captions come from ``cap``.
 """
 
 from __future__ import annotations
@@ -33,45 +34,30 @@ import contextlib
 import hashlib
 import json
 import logging
-import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
-from lit_features.data.dataset import Batch, Prepared
-from lit_features.data.manifest import IMAGE_EXTENSIONS, Sample
-from lit_features.data.preprocess import EntryError, MediaLoader, Preprocessor
-from lit_features.data.sampling import FrameSampling
-from lit_features.data.transforms import NORMALIZATION_PRESETS, apply_size_rule, normalize, resize, to_tensor
+from lit_features.data.dataset import Batch
 from lit_features.extractors.base import FeatureExtractor, quiet_transformers, resolve_dtype
+from lit_features.extractors.wan_inputs import (  # noqa: F401  (re-exported: the Wan input contract)
+    CLIP_MEAN,
+    CLIP_STD,
+    WanVideoPreprocessor,
+    check_frame_count,
+    clean_caption,
+    clip_pixels,
+    fit_into,
+    flashi2v_clean_caption,
+    latent_frames,
+)
+from lit_features.extractors.wan_vae import Tiling, encode_latents
+from lit_features.models.weights import from_pretrained_strict
 
-CLIP_MEAN = NORMALIZATION_PRESETS["clip"][0]
-CLIP_STD = NORMALIZATION_PRESETS["clip"][1]
 MASK_CHANNELS = 4  # the Wan I2V condition carries one mask value per pixel frame of a 4-frame latent step
-_WHITESPACE = re.compile(r"\s+")
-
-
-def clean_caption(text: str) -> str:
-    """Collapse every run of whitespace to one space and strip the ends (the only cleaning upstream applies)."""
-    return _WHITESPACE.sub(" ", text).strip()
-
-
-def check_frame_count(num_frames: int) -> None:
-    """Raise unless ``num_frames`` is 4k+1: the Wan VAE maps 4k+1 frames to k+1 latent frames."""
-    if not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % 4:
-        below = max(1, (int(num_frames) - 1) // 4 * 4 + 1) if isinstance(num_frames, int) else 1
-        raise ValueError(
-            f"num_frames must have the form 4k+1 (1, 5, ..., 49, 81) because the Wan VAE maps 4k+1 frames to "
-            f"k+1 latent frames; got {num_frames!r} (nearest valid: {below} or {below + 4})"
-        )
-
-
-def latent_frames(num_frames: int) -> int:
-    return (num_frames - 1) // 4 + 1
 
 
 def first_frame_mask(num_latent_frames: int, height: int, width: int) -> torch.Tensor:
@@ -79,158 +65,6 @@ def first_frame_mask(num_latent_frames: int, height: int, width: int) -> torch.T
     mask = torch.zeros(MASK_CHANNELS, num_latent_frames, height, width)
     mask[:, 0] = 1.0
     return mask
-
-
-def fit_into(image: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fit ``[1, 3, h, w]`` into ``size`` keeping aspect (bilinear), centred on black; returns (canvas, area mask)."""
-    th, tw = size
-    h, w = image.shape[-2:]
-    scale = min(th / h, tw / w)
-    nh, nw = max(1, min(th, round(h * scale))), max(1, min(tw, round(w * scale)))
-    scaled = resize(image, (nh, nw), "bilinear").clamp_(0, 1)
-    top, left = (th - nh) // 2, (tw - nw) // 2
-    canvas = torch.zeros(1, 3, th, tw)
-    canvas[..., top : top + nh, left : left + nw] = scaled
-    mask = torch.zeros(1, 1, th, tw)
-    mask[..., top : top + nh, left : left + nw] = 1.0
-    return canvas, mask
-
-
-def clip_pixels(frames: torch.Tensor, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """CLIP input as upstream makes it: ``[N, 3, H, W]`` in [0, 1], bicubic (no antialias) to size x size, CLIP norm."""
-    x = F.interpolate(frames, size=(size, size), mode="bicubic", align_corners=False)
-    return normalize(x, (mean, std))
-
-
-@dataclass
-class WanVideoPreprocessor(Preprocessor):
-    """Frames at ``target_fps`` from ``cut`` start, sized and normalised to [-1, 1]; caption tokens; I2V inputs."""
-
-    num_frames: int = 49
-    target_fps: float = 16.0
-    height: int = 480
-    width: int = 832
-    size_rule: Literal["crop_then_resize", "resize_then_crop"] = "resize_then_crop"
-    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
-    short_clip: Literal["fail", "pad_last"] = "fail"
-    tokenizer_path: str = ""
-    tokenizer_subfolder: str = "tokenizer"
-    max_length: int = 512
-    i2v: Literal["none", "first_frame", "reference"] = "none"
-    max_references: int = 4
-    clip_size: int = 224
-    clip_mean: tuple[float, ...] = CLIP_MEAN
-    clip_std: tuple[float, ...] = CLIP_STD
-
-    required_fields = ("path", "cap")
-
-    def __post_init__(self) -> None:
-        check_frame_count(self.num_frames)
-        self._tokenizer: Any = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Workers load their own tokenizer; nothing heavy travels with the preprocessor.
-        return {**self.__dict__, "_tokenizer": None}
-
-    def params(self) -> dict[str, Any]:
-        params = super().params()
-        params.pop("tokenizer_path")  # where the weights live is not part of the numbers (their identity is)
-        return params
-
-    # -- manifest-time checks
-    def validate(self, sample: Sample) -> None:
-        entry = sample.entry
-        if entry.get("path") in (None, ""):
-            raise EntryError("path", "missing required field (the video or image, relative to the manifest root)")
-        if "cap" not in entry or entry["cap"] is None:
-            raise EntryError("cap", "missing caption: every clip needs a text prompt in 'cap'")
-        if not isinstance(entry["cap"], str):
-            raise EntryError("cap", f"caption must be a string, got {type(entry['cap']).__name__}")
-        if not clean_caption(entry["cap"]):
-            raise EntryError("cap", "caption is empty (only whitespace)")
-        images = entry.get("images") or []
-        if self.i2v == "reference" and len(images) > self.max_references:
-            raise EntryError(
-                "images",
-                f"{len(images)} reference images but at most {self.max_references} are used "
-                "(set model.max_references, or list fewer images)",
-            )
-
-    # -- text
-    def tokenizer(self) -> Any:
-        if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
-            self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path, subfolder=self.tokenizer_subfolder)
-        return self._tokenizer
-
-    def tokens(self, caption: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(input_ids [L], attention_mask [L])`` of ``caption`` (already cleaned), padded to ``max_length``."""
-        encoded = self.tokenizer()(
-            [caption],
-            padding="max_length",
-            max_length=self.max_length,
-            truncation=True,
-            add_special_tokens=True,
-            return_attention_mask=True,
-            return_tensors="pt",
-        )
-        return encoded.input_ids[0], encoded.attention_mask[0]
-
-    # -- pixels
-    def frames(self, sample: Sample, media: MediaLoader) -> tuple[torch.Tensor, dict[str, Any]]:
-        """``[T, 3, h, w]`` in [0, 1] at source size, and what was sampled."""
-        assert sample.source is not None
-        if Path(sample.source).suffix.lower() in IMAGE_EXTENSIONS:
-            return to_tensor(media.image(sample.source)), {"kind": "image", "frame_indices": [0]}
-        sampling = FrameSampling("fps", self.num_frames, self.target_fps, short_clip=self.short_clip)
-        video = media.video(sample.source, sampling, sample.cut)
-        meta: dict[str, Any] = {
-            "kind": "video",
-            "frame_indices": video.indices,
-            "total_frames": video.total_frames,
-            "fps": video.fps,
-        }
-        if video.padded:
-            meta["padded_frames"] = video.padded
-        return to_tensor(video.frames), meta
-
-    def sized(self, frames: torch.Tensor) -> torch.Tensor:
-        """Frames in [0, 1] at exactly (height, width) by the configured size rule."""
-        size = (self.height, self.width)
-        return apply_size_rule(frames, self.size_rule, size, self.interpolation).clamp_(0, 1)
-
-    def references(self, sample: Sample, media: MediaLoader) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reference images fitted into the frame, ``[n, 3, H, W]`` in [0, 1], and their area masks ``[n, 1, H, W]``."""
-        canvases, masks = [], []
-        for path in sample.entry.get("images") or []:
-            canvas, mask = fit_into(to_tensor(media.image(path)), (self.height, self.width))
-            canvases.append(canvas)
-            masks.append(mask)
-        if not canvases:
-            return torch.zeros(0, 3, self.height, self.width), torch.zeros(0, 1, self.height, self.width)
-        return torch.cat(canvases), torch.cat(masks)
-
-    def __call__(self, sample: Sample, media: MediaLoader) -> Prepared:
-        raw, meta = self.frames(sample, media)
-        frames = self.sized(raw)
-        caption = clean_caption(sample.entry["cap"])
-        input_ids, attention_mask = self.tokens(caption)
-        inputs: dict[str, torch.Tensor] = {
-            "video": normalize(frames, "half").permute(1, 0, 2, 3).contiguous(),  # [3, T, H, W]
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-        }
-        if self.i2v == "first_frame":
-            inputs["clip_pixels"] = clip_pixels(frames[:1], self.clip_size, self.clip_mean, self.clip_std)
-        elif self.i2v == "reference":
-            canvases, masks = self.references(sample, media)
-            inputs["reference_pixels"] = normalize(canvases, "half")
-            inputs["reference_masks"] = masks
-            inputs["clip_pixels"] = clip_pixels(canvases, self.clip_size, self.clip_mean, self.clip_std)
-            meta["num_references"] = int(canvases.shape[0])
-        meta.update({"caption": caption, "size": [self.height, self.width], "num_tokens": int(attention_mask.sum())})
-        return Prepared(inputs, meta)
 
 
 @contextlib.contextmanager
@@ -256,27 +90,34 @@ class WanTrainingFeatures(FeatureExtractor):
         model_path: a ``Wan2.1-*-Diffusers`` folder (``vae/``, ``text_encoder/``, ``tokenizer/``, and
             ``image_encoder/`` + ``image_processor/`` for I2V) or its hub id.
         num_frames: frames per clip, 4k+1 (49 -> 13 latent frames, 81 -> 21).
-        target_fps: frame rate the clip is resampled to (every ``fps / target_fps``-th frame; all frames when
-            within 0.1 fps), starting at the entry's ``cut[0]``.
+        target_fps: frame rate the clip is resampled to (every ``fps / target_fps``-th frame, truncated; all frames
+            when within 0.1 fps), or ``null``: consecutive source frames (BindWeave). Clips start at the entry's
+            ``start_frame_idx``, else ``cut[0]``, else frame 0.
         height: output height in pixels (a multiple of 8).
         width: output width in pixels (a multiple of 8).
-        size_rule: ``crop_then_resize`` (BindWeave) or ``resize_then_crop`` (FlashI2V).
-        interpolation: resize filter (antialiased).
+        size_rule: ``bindweave`` (cover by the short side on uint8 frames, other side truncated, then crop) or
+            ``flashi2v`` (the same with the other side rounded up), see :mod:`lit_features.data.transforms`.
         short_clip: a clip with fewer frames than asked: ``fail`` (recorded in the store's failures) or
             ``pad_last`` (repeat the last frame; the count is recorded in the sample's metadata).
+        caption_cleaning: ``whitespace`` (BindWeave: collapse runs of whitespace) or ``flashi2v`` (FlashI2V's text
+            processor: lower case, URL/HTML removal, punctuation normalisation, twice; needs beautifulsoup4 and
+            ftfy). A caption left empty is recorded as a failed sample.
         max_length: tokenizer length (padding and truncation).
         unpadded_text: store only the caption's real tokens (``[1, L, D]``) instead of all ``max_length``.
         i2v: image-to-video conditioning: ``none``, ``first_frame`` (Wan I2V) or ``reference`` (BindWeave, the
             entry's ``images``).
         max_references: reference slots for ``i2v="reference"`` (more images in an entry is a manifest error).
+        exif_transpose: apply images' EXIF orientation (``false``: the stored pixels, as BindWeave opens them).
         sample_posterior: store a sample of the latent distribution (seeded per clip key) instead of its mode.
         seed: base seed for ``sample_posterior``.
-        enable_tiling: encode in overlapping spatial tiles (diffusers' tiled encode) to bound memory.
+        enable_tiling: encode the clip in overlapping spatial tiles to bound memory.
+        tiling_method: ``mindspeed`` (MindSpeed-MM's tiled encode, which BindWeave runs) or ``diffusers``
+            (``AutoencoderKLWan``'s own tiling, different latents).
         tile_sample_min_height: tile height in pixels (272 = 34 latent rows, as upstream).
         tile_sample_min_width: tile width in pixels.
         tile_sample_stride_height: vertical tile stride in pixels (144 = 18 latent rows).
         tile_sample_stride_width: horizontal tile stride in pixels (128 = 16 latent columns).
-        vae_dtype: VAE compute dtype (``float32`` as upstream).
+        vae_dtype: VAE compute dtype (BindWeave: ``bfloat16``; FlashI2V: ``float32``).
         image_encoder_dtype: CLIP compute dtype (``float32``, as Wan2.1 runs its CLIP).
         store_dtype: dtype of the stored features (``prompt_mask`` stays int64).
         dtype: compute dtype of the UMT5 text encoder (``bfloat16`` as upstream).
@@ -289,19 +130,21 @@ class WanTrainingFeatures(FeatureExtractor):
         self,
         model_path: str = "pretrained_model/Wan2.1-I2V-14B-720P-Diffusers",
         num_frames: int = 49,
-        target_fps: float = 16.0,
+        target_fps: float | None = 16.0,
         height: int = 480,
         width: int = 832,
-        size_rule: Literal["crop_then_resize", "resize_then_crop"] = "resize_then_crop",
-        interpolation: Literal["bilinear", "bicubic"] = "bilinear",
+        size_rule: Literal["bindweave", "flashi2v"] = "flashi2v",
         short_clip: Literal["fail", "pad_last"] = "fail",
+        caption_cleaning: Literal["whitespace", "flashi2v"] = "whitespace",
         max_length: int = 512,
         unpadded_text: bool = False,
         i2v: Literal["none", "first_frame", "reference"] = "none",
         max_references: int = 4,
+        exif_transpose: bool = True,
         sample_posterior: bool = False,
         seed: int = 0,
         enable_tiling: bool = False,
+        tiling_method: Literal["mindspeed", "diffusers"] = "mindspeed",
         tile_sample_min_height: int = 272,
         tile_sample_min_width: int = 272,
         tile_sample_stride_height: int = 144,
@@ -319,34 +162,34 @@ class WanTrainingFeatures(FeatureExtractor):
                 raise ValueError(f"{name} must be a positive multiple of 8 (the VAE's spatial stride), got {value}")
         if i2v not in ("none", "first_frame", "reference"):
             raise ValueError(f"i2v must be 'none', 'first_frame' or 'reference', got {i2v!r}")
-        if not target_fps or target_fps <= 0:
-            raise ValueError(f"target_fps must be a positive frame rate, got {target_fps!r}")
+        if target_fps is not None and target_fps <= 0:
+            raise ValueError(
+                f"target_fps must be a positive frame rate (or null: consecutive frames), got {target_fps!r}"
+            )
         if max_references < 1:
             raise ValueError(f"max_references must be >= 1, got {max_references}")
-        if not 0 < tile_sample_stride_height <= tile_sample_min_height or not (
-            0 < tile_sample_stride_width <= tile_sample_min_width
-        ):
-            raise ValueError("tile strides must be positive and no larger than the tile sizes")
+        tiling = Tiling(
+            tiling_method,
+            tile_sample_min_height,
+            tile_sample_min_width,
+            tile_sample_stride_height,
+            tile_sample_stride_width,
+        )
         super().__init__(model_path, dtype, trust_remote_code)
         self.num_frames = num_frames
         self.target_fps = target_fps
         self.height, self.width = height, width
         self.size_rule = size_rule
-        self.interpolation = interpolation
         self.short_clip = short_clip
+        self.caption_cleaning = caption_cleaning
         self.max_length = max_length
         self.unpadded_text = unpadded_text
         self.i2v = i2v
         self.max_references = max_references
+        self.exif_transpose = exif_transpose
         self.sample_posterior = sample_posterior
         self.seed = seed
-        self.enable_tiling = enable_tiling
-        self.tiling = {
-            "tile_sample_min_height": tile_sample_min_height,
-            "tile_sample_min_width": tile_sample_min_width,
-            "tile_sample_stride_height": tile_sample_stride_height,
-            "tile_sample_stride_width": tile_sample_stride_width,
-        }
+        self.tiling = tiling if enable_tiling else None
         self.vae_dtype = resolve_dtype(vae_dtype)
         self.image_encoder_dtype = resolve_dtype(image_encoder_dtype)
         self.store_dtype = resolve_dtype(store_dtype)
@@ -373,12 +216,13 @@ class WanTrainingFeatures(FeatureExtractor):
                 height=self.height,
                 width=self.width,
                 size_rule=self.size_rule,
-                interpolation=self.interpolation,
                 short_clip=self.short_clip,
+                caption_cleaning=self.caption_cleaning,
                 tokenizer_path=self.model_path,
                 max_length=self.max_length,
                 i2v=self.i2v,
                 max_references=self.max_references,
+                exif_transpose=self.exif_transpose,
                 clip_size=size,
                 clip_mean=mean,
                 clip_std=std,
@@ -391,40 +235,30 @@ class WanTrainingFeatures(FeatureExtractor):
         from transformers import CLIPVisionModel, UMT5EncoderModel
 
         with quiet_diffusers():
-            vae = AutoencoderKLWan.from_pretrained(self.model_path, subfolder="vae", torch_dtype=self.vae_dtype)
-        if self.enable_tiling:
-            vae.enable_tiling(**self.tiling)
+            vae = from_pretrained_strict(AutoencoderKLWan, self.model_path, subfolder="vae", torch_dtype=self.vae_dtype)
         parts: dict[str, torch.nn.Module] = {"vae": vae}
         with quiet_transformers():
-            parts["text_encoder"] = UMT5EncoderModel.from_pretrained(
-                self.model_path, subfolder="text_encoder", dtype=self.compute_dtype
+            parts["text_encoder"] = from_pretrained_strict(
+                UMT5EncoderModel, self.model_path, subfolder="text_encoder", dtype=self.compute_dtype
             )
             if self.i2v != "none":
-                parts["image_encoder"] = CLIPVisionModel.from_pretrained(
-                    self.model_path, subfolder="image_encoder", dtype=self.image_encoder_dtype
+                parts["image_encoder"] = from_pretrained_strict(
+                    CLIPVisionModel, self.model_path, subfolder="image_encoder", dtype=self.image_encoder_dtype
                 )
         self._blank_latents = {}
         return torch.nn.ModuleDict(parts)
 
     # -- the three encoders
-    def encode_video(self, pixels: torch.Tensor, keys: list[str] | None = None) -> torch.Tensor:
-        """Normalised latents ``[B, C, t, h, w]`` (float32) of ``pixels [B, 3, T, H, W]`` in [-1, 1]."""
+    def encode_video(self, pixels: torch.Tensor, keys: list[str] | None = None, tiled: bool = True) -> torch.Tensor:
+        """Normalised latents ``[B, C, t, h, w]`` (VAE dtype) of ``pixels [B, 3, T, H, W]`` in [-1, 1].
+
+        ``tiled=False`` encodes whole frames even when tiling is on (the I2V conditions, as upstream).
+        """
         assert self.model is not None
-        vae = self.model["vae"]
-        dist = vae.encode(pixels.to(self.device, self.vae_dtype)).latent_dist
+        generators = None
         if self.sample_posterior and keys is not None:
-            noise = torch.stack(
-                [
-                    torch.randn(dist.mean.shape[1:], generator=torch.Generator().manual_seed(_key_seed(self.seed, k)))
-                    for k in keys
-                ]
-            ).to(dist.mean.device, dist.mean.dtype)
-            z = dist.mean + dist.std * noise
-        else:
-            z = dist.mode()
-        mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32, device=z.device).view(1, -1, 1, 1, 1)
-        std = torch.tensor(vae.config.latents_std, dtype=torch.float32, device=z.device).view(1, -1, 1, 1, 1)
-        return (z.float() - mean) / std
+            generators = [torch.Generator().manual_seed(_key_seed(self.seed, k)) for k in keys]
+        return encode_latents(self.model["vae"], pixels, self.tiling if tiled else None, generators)
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """UMT5 ``last_hidden_state`` ``[B, L, D]`` (padded positions not zeroed, as upstream)."""
@@ -444,17 +278,17 @@ class WanTrainingFeatures(FeatureExtractor):
 
     def blank_video_latent(self, frames: int, height: int, width: int) -> torch.Tensor:
         """Normalised latent of an all-zero clip (the video slots of the reference condition); cached per shape."""
-        shape = (frames, height, width, str(self.device))
+        shape = (frames, height, width, str(self.device), self.vae_dtype)
         if shape not in self._blank_latents:
-            self._blank_latents[shape] = self.encode_video(torch.zeros(1, 3, frames, height, width))[0]
+            self._blank_latents[shape] = self.encode_video(torch.zeros(1, 3, frames, height, width), tiled=False)[0]
         return self._blank_latents[shape]
 
-    # -- I2V conditions of one clip
+    # -- I2V conditions of one clip (never tiled: BindWeave sets i2v_vae_encode_tiling false)
     def first_frame_condition(self, video: torch.Tensor, clip_in: torch.Tensor) -> dict[str, torch.Tensor]:
         """Wan I2V: CLIP of the first frame, and mask + latent of (first frame, then zero frames)."""
         condition = torch.zeros_like(video)
         condition[:, :1] = video[:, :1]
-        latent = self.encode_video(condition[None])[0]
+        latent = self.encode_video(condition[None], tiled=False)[0]
         mask = first_frame_mask(*latent.shape[1:]).to(latent.device)
         return {
             "i2v_clip_feature": self.encode_clip(clip_in)[0],
@@ -472,7 +306,8 @@ class WanTrainingFeatures(FeatureExtractor):
         tokens = None
         n = refs.shape[0]
         if n:
-            ref_latents = self.encode_video(refs[:, :, None])  # [n, C, 1, h, w]: each reference a 1-frame clip
+            # [n, C, 1, h, w]: each reference a 1-frame clip
+            ref_latents = self.encode_video(refs[:, :, None], tiled=False)
             small = F.interpolate(masks.float(), size=(h, w), mode="nearest").to(blank.device)
             slots[0, :n] = small[:, 0]
             slots[MASK_CHANNELS:, :n] = ref_latents[:, :, 0].permute(1, 0, 2, 3)
@@ -529,11 +364,29 @@ class WanTrainingFeatures(FeatureExtractor):
         return outputs
 
     def sample_meta(self, batch: Batch, index: int) -> dict[str, Any]:
-        """Preprocessing facts plus ``entry``: the manifest entry with the upstream sampling fields added."""
+        """Preprocessing facts plus ``entry``: the manifest entry with the upstream sampling fields added.
+
+        The fields are those MindSpeed-MM's samplers read from ``data.jsonl``: ``start_frame_idx``,
+        ``sample_frame_index``, ``sample_num_frames`` and ``resolution.sample_height``/``sample_width`` (the size
+        the clip was encoded at; the entry's own ``resolution`` fields are kept, the source size filled in when
+        the entry had none).
+        """
         meta = dict(batch.metas[index])
         entry = dict(meta.pop("entry", {}))
         indices = meta.get("frame_indices") or [0]
+        resolution = entry.get("resolution")
+        if isinstance(resolution, dict):
+            resolution = dict(resolution)
+        else:
+            height, width = meta.get("source_size") or [None, None]
+            resolution = {"height": height, "width": width}
+        resolution.update(sample_height=self.height, sample_width=self.width)
         entry.update(
-            {"start_frame_idx": indices[0], "sample_frame_index": list(indices), "sample_num_frames": len(indices)}
+            {
+                "resolution": resolution,
+                "start_frame_idx": indices[0],
+                "sample_frame_index": list(indices),
+                "sample_num_frames": len(indices),
+            }
         )
         return {**meta, "entry": entry}

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from lit_features.models.weights import load_state_dict_strict
+
 UPSTREAM_CHECKPOINT_NAME = "lrw_resnet18_mstcn_adamw_s3.pth.tar"
 """File name of the released LRW ResNet-18 + MS-TCN checkpoint the front end is loaded from."""
 
@@ -38,6 +40,7 @@ _HEAD_KEY_MARKERS = ("tcn",)
 The upstream model's only non-front-end modules are ``tcn`` (the multi-scale TCN, including its output
 layer) and, in some versions, a top-level ``tcn_output`` linear layer; both contain "tcn".
 """
+_HEAD_KEY_PATTERNS = tuple(f".*{marker}" for marker in _HEAD_KEY_MARKERS)
 
 
 def _conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -151,11 +154,6 @@ class LipReadingResNet18(nn.Module):
         return self.trunk(frames).reshape(b, t, EMBEDDING_DIM).transpose(1, 2)
 
 
-def _format_keys(keys: list[str], limit: int = 20) -> str:
-    more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
-
-
 def load_lip_frontend(
     path: str | os.PathLike,
     map_location: str | torch.device = "cpu",
@@ -207,28 +205,15 @@ def load_lip_frontend(
         )
     if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise ValueError(f"{path_str}: 'model_state_dict' must map parameter names to tensors")
-    kept = {key: value for key, value in state_dict.items() if not any(m in key for m in _HEAD_KEY_MARKERS)}
-
     model = LipReadingResNet18()
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(kept))
-    unexpected = sorted(set(kept) - set(expected))
-    shapes = [
-        f"{key}: expected {tuple(expected[key].shape)}, got {tuple(kept[key].shape)}"
-        for key in sorted(set(expected) & set(kept))
-        if tuple(expected[key].shape) != tuple(kept[key].shape)
-    ]
-    if missing or unexpected or shapes:
-        parts = [f"{path_str}: weights do not match the ResNet-18 lip-reading front end (after dropping tcn keys)"]
-        if missing:
-            parts.append(f"missing keys ({len(missing)}): {_format_keys(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {_format_keys(unexpected)}")
-        if shapes:
-            parts.append(f"shape mismatches ({len(shapes)}): {_format_keys(shapes)}")
-        parts.append(f"expected the video ResNet-18 model ({UPSTREAM_CHECKPOINT_NAME})")
-        raise ValueError("; ".join(parts))
-    model.load_state_dict(kept, strict=True)
+    load_state_dict_strict(
+        model,
+        state_dict,
+        path_str,
+        "the ResNet-18 lip-reading front end (after dropping tcn keys)",
+        dropped=_HEAD_KEY_PATTERNS,
+        hint=f"Expected the video ResNet-18 model ({UPSTREAM_CHECKPOINT_NAME}).",
+    )
     model.requires_grad_(False)
     return model.eval()
 

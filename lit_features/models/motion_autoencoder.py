@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lit_features.models.weights import load_state_dict_strict
+
 SEQUENCE_GROUPINGS = ("per_position", "upstream_flat")
 """How the ``[B, T, N, D]`` token grid is cut into sequences for the temporal layers.
 
@@ -96,7 +98,8 @@ class MotionAutoencoderOutput:
     """Result of :meth:`MotionFeatureAutoencoder.forward`.
 
     Attributes:
-        latent: ``[B, T, N, latent_dim]``; for grid input N = H * W in row-major order.
+        latent: In the input's layout with ``latent_dim`` channels: ``[B, T, N, latent_dim]``, or
+            ``[B, T, H, W, latent_dim]`` for grid input (as the upstream model returns it).
         reconstruction: Same shape as the input, including the ``[B, T, H, W, C]`` layout.
         motion_embedding: ``[B, T, latent_dim]``, the latent averaged over tokens.
     """
@@ -285,8 +288,8 @@ class MotionFeatureAutoencoder(nn.Module):
 
     @property
     def compression_ratio(self) -> float:
-        """``input_dim / latent_dim``, e.g. 4.0 for 768 -> 192."""
-        return self.config.input_dim / self.config.latent_dim
+        """Latent size over input size, ``latent_dim / input_dim``: 0.25 for 768 -> 192 (as upstream)."""
+        return self.config.latent_dim / self.config.input_dim
 
     def _as_tokens(self, x: torch.Tensor, source: str | os.PathLike | None) -> torch.Tensor:
         """Checks the feature shape and flattens a ``[B, T, H, W, C]`` grid to ``[B, T, N, C]``."""
@@ -327,8 +330,13 @@ class MotionFeatureAutoencoder(nn.Module):
         latent = self.encoder(tokens)
         reconstruction = self.decoder(latent).reshape(x.shape)
         return MotionAutoencoderOutput(
-            latent=latent, reconstruction=reconstruction, motion_embedding=latent.mean(dim=2)
+            latent=self._in_input_layout(latent, x), reconstruction=reconstruction, motion_embedding=latent.mean(dim=2)
         )
+
+    @staticmethod
+    def _in_input_layout(latent: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``[B, T, N, latent_dim]`` back to ``[B, T, H, W, latent_dim]`` when ``x`` was a grid."""
+        return latent.reshape(*x.shape[:-1], latent.shape[-1])
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor, source: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -342,12 +350,12 @@ class MotionFeatureAutoencoder(nn.Module):
             source: Optional file the features came from, named in shape errors.
 
         Returns:
-            ``{"latent": [B, T, N, latent_dim], "motion_embedding": [B, T, latent_dim],
-            "compression_ratio": input_dim / latent_dim}``.
+            ``{"latent": [B, T, N, latent_dim] (or [B, T, H, W, latent_dim] for grid input), "motion_embedding":
+            [B, T, latent_dim], "compression_ratio": latent_dim / input_dim}`` (upstream ``encode.py``'s keys).
         """
         latent = self.encoder(self._as_tokens(x, source))
         return {
-            "latent": latent,
+            "latent": self._in_input_layout(latent, x),
             "motion_embedding": latent.mean(dim=2),
             "compression_ratio": self.compression_ratio,
         }
@@ -399,40 +407,12 @@ def motion_autoencoder_loss(
 
 # Upstream training stores argparse Namespace values, whose paths are pathlib objects; allowing exactly
 # these classes keeps torch.load in its safe weights-only mode.
-_CHECKPOINT_SAFE_GLOBALS = [
+CHECKPOINT_SAFE_GLOBALS = [
     pathlib.PosixPath,
     pathlib.WindowsPath,
     pathlib.PurePosixPath,
     pathlib.PureWindowsPath,
 ]
-
-
-def _describe_key_mismatch(
-    path: str, expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor], limit: int = 10
-) -> str | None:
-    """One message listing missing, unexpected and wrongly shaped keys, or None when all match."""
-
-    def head(keys: list[str]) -> str:
-        more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
-        return ", ".join(keys[:limit]) + more
-
-    missing = sorted(set(expected) - set(got))
-    unexpected = sorted(set(got) - set(expected))
-    shapes = [
-        f"{key}: expected {tuple(expected[key].shape)}, got {tuple(got[key].shape)}"
-        for key in sorted(set(expected) & set(got))
-        if tuple(expected[key].shape) != tuple(got[key].shape)
-    ]
-    if not (missing or unexpected or shapes):
-        return None
-    parts = [f"{path}: state_dict does not match the model built from its config"]
-    if missing:
-        parts.append(f"missing keys ({len(missing)}): {head(missing)}")
-    if unexpected:
-        parts.append(f"unexpected keys ({len(unexpected)}): {head(unexpected)}")
-    if shapes:
-        parts.append(f"shape mismatches ({len(shapes)}): {head(shapes)}")
-    return "; ".join(parts)
 
 
 def load_motion_autoencoder(
@@ -464,7 +444,7 @@ def load_motion_autoencoder(
     if not os.path.isfile(path_str):
         raise FileNotFoundError(f"motion autoencoder checkpoint not found: {path_str}")
     try:
-        with torch.serialization.safe_globals(_CHECKPOINT_SAFE_GLOBALS):
+        with torch.serialization.safe_globals(CHECKPOINT_SAFE_GLOBALS):
             checkpoint = torch.load(path_str, map_location=map_location, weights_only=not allow_pickle)
     except Exception as error:  # torch raises several unpickling error types; all mean the same here
         raise ValueError(
@@ -497,9 +477,6 @@ def load_motion_autoencoder(
         raise ValueError(f"{path_str}: invalid 'config': {error}") from error
 
     model = MotionFeatureAutoencoder.from_config(config)
-    mismatch = _describe_key_mismatch(path_str, model.state_dict(), state_dict)
-    if mismatch:
-        raise ValueError(mismatch)
-    model.load_state_dict(state_dict, strict=True)
+    load_state_dict_strict(model, state_dict, path_str, "the motion autoencoder built from its config")
     model.checkpoint_path = path_str
     return model.eval()

@@ -1,8 +1,9 @@
 """OneVision-Encoder-style video ViT with 3D rotary positions, in a padded-batch form and a packed form.
 
 The architecture (OneVision-Encoder lineage, Apache-2.0): a per-frame Conv2d patch embedding without bias,
-no CLS token and no absolute position embedding, a pre-layernorm, pre-norm transformer layers (LayerNorm,
-attention, GELU-tanh MLP), a post-layernorm and an attention-pooling head. Positions enter only through a
+no CLS token and no absolute position embedding, a pre-layernorm, pre-norm transformer layers (norm,
+attention, GELU-tanh MLP), a post-layernorm and an attention-pooling head; the norms are LayerNorm or RMSNorm
+as the config's ``layer_norm_type`` says. Positions enter only through a
 3D rotary embedding over (t, h, w): head_dim/2 frequencies split 4:6:6 between the axes, each axis with
 ``inv_freq = 1 / theta ** (arange(n) / n)``, duplicated as ``concat(f, f)`` and applied with an
 interleaved ``rotate_half`` ((x_even, x_odd) -> (-x_odd, x_even) pairwise).
@@ -39,11 +40,13 @@ from lit_features.models.packing import cu_seqlens_from_lengths, segment_attenti
 
 __all__ = [
     "DEFAULT_TEMPORAL_SLOTS",
+    "LAYER_NORM_TYPES",
     "OneVisionViTConfig",
     "OneVisionViTModel",
     "apply_rope",
     "frame_slots",
     "grid_positions",
+    "make_norm",
     "patch_aligned_size",
     "patchify",
     "rope_axis_sizes",
@@ -54,6 +57,8 @@ __all__ = [
 
 #: Temporal slots of the batch form's grid: sampled frames are spread over 64 rotary time positions.
 DEFAULT_TEMPORAL_SLOTS = 64
+#: Values of ``OneVisionViTConfig.layer_norm_type`` (the upstream config field of the same name).
+LAYER_NORM_TYPES = ("layer_norm", "rms_norm")
 
 
 class OneVisionViTConfig(PretrainedConfig):
@@ -69,6 +74,9 @@ class OneVisionViTConfig(PretrainedConfig):
         patch_size: Square patch size in pixels.
         hidden_act: MLP activation (``gelu_pytorch_tanh`` is GELU with the tanh approximation).
         layer_norm_eps: Epsilon of every norm.
+        layer_norm_type: ``layer_norm`` or ``rms_norm``: the norm of the pre-layernorm, both norms of every
+            layer and the post-layernorm (an ``rms_norm`` checkpoint has no norm biases). The pooling head's
+            own norm is an RMSNorm either way.
         attention_dropout: Dropout on attention probabilities (training only).
         initializer_range: Std of the normal init of fresh weights.
         rope_theta: Rotary base.
@@ -89,6 +97,7 @@ class OneVisionViTConfig(PretrainedConfig):
         patch_size: int = 14,
         hidden_act: str = "gelu_pytorch_tanh",
         layer_norm_eps: float = 1e-6,
+        layer_norm_type: str = "layer_norm",
         attention_dropout: float = 0.0,
         initializer_range: float = 0.02,
         rope_theta: float = 10000.0,
@@ -103,7 +112,10 @@ class OneVisionViTConfig(PretrainedConfig):
         self.num_channels = num_channels
         self.patch_size = patch_size
         self.hidden_act = hidden_act
+        if layer_norm_type not in LAYER_NORM_TYPES:
+            raise ValueError(f"layer_norm_type must be one of {LAYER_NORM_TYPES}, got {layer_norm_type!r}")
         self.layer_norm_eps = layer_norm_eps
+        self.layer_norm_type = layer_norm_type
         self.attention_dropout = attention_dropout
         self.initializer_range = initializer_range
         self.rope_theta = rope_theta
@@ -252,6 +264,13 @@ def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------
 
 
+def make_norm(config: OneVisionViTConfig) -> nn.Module:
+    """The norm ``config.layer_norm_type`` names: LayerNorm (weight and bias) or RMSNorm (weight only)."""
+    if config.layer_norm_type == "rms_norm":
+        return nn.RMSNorm(config.hidden_size, eps=config.layer_norm_eps)
+    return nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+
 class OneVisionViTEmbeddings(nn.Module):
     """Per-frame patch embedding: a bias-free Conv2d with kernel = stride = patch."""
 
@@ -328,9 +347,9 @@ class OneVisionViTEncoderLayer(nn.Module):
 
     def __init__(self, config: OneVisionViTConfig) -> None:
         super().__init__()
-        self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.layer_norm1 = make_norm(config)
         self.self_attn = OneVisionViTAttention(config)
-        self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.layer_norm2 = make_norm(config)
         self.mlp = OneVisionViTMLP(config)
 
     def forward(self, x: torch.Tensor, freqs: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
@@ -411,10 +430,10 @@ class OneVisionViTModel(OneVisionViTPreTrainedModel):
             )
         rope_axis_sizes(self.head_dim)  # fail at construction, not at the first forward
         self.embeddings = OneVisionViTEmbeddings(config)
-        self.layernorm_pre = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.layernorm_pre = make_norm(config)
         self.encoder = OneVisionViTEncoder(config)
         if config.use_head:
-            self.layernorm_post = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+            self.layernorm_post = make_norm(config)
             self.head = OneVisionViTPoolingHead(config)
         else:
             self.layernorm_post = None

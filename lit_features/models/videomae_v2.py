@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lit_features.models.weights import load_state_dict_strict
 
 __all__ = [
     "CHECKPOINT_CONFIG_KEY",
@@ -35,6 +38,8 @@ __all__ = [
 CHECKPOINT_CONFIG_KEY = "videomae_v2_config"
 #: Checkpoint keys that are dropped on load: the action-classification head is not part of the encoder.
 CLASSIFIER_HEAD_KEYS = ("head.weight", "head.bias")
+#: The same keys as patterns for :func:`~lit_features.models.weights.load_state_dict_strict`.
+CLASSIFIER_HEAD_PATTERNS = tuple(re.escape(key) + "$" for key in CLASSIFIER_HEAD_KEYS)
 # Containers the upstream training scripts wrap the state dict in (DeepSpeed writes "module").
 _WRAPPER_KEYS = ("module", "model")
 
@@ -290,11 +295,6 @@ class VideoMAEv2(nn.Module):
         return self.forward_features(video)
 
 
-def _describe_keys(keys: list[str], limit: int = 12) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
-
-
 def _read_checkpoint(path: Path, trust_pickle: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -377,31 +377,19 @@ def load_videomae_v2(path: str | Path, trust_pickle: bool = False, **config: Any
         merged["use_mean_pooling"] = "norm.weight" not in state
     cfg = VideoMAEv2Config(**merged)
 
-    state = {k: v for k, v in state.items() if k not in CLASSIFIER_HEAD_KEYS}
     model = VideoMAEv2(cfg)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = sorted(
-        f"{k} {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in set(state) & set(expected)
-        if state[k].shape != expected[k].shape
+    description = (
+        f"a VideoMAE V2 ViT with embed_dim={cfg.embed_dim}, depth={cfg.depth}, num_heads={cfg.num_heads}, "
+        f"patch_size={cfg.patch_size}, tubelet_size={cfg.tubelet_size}, mlp_ratio={cfg.mlp_ratio}, "
+        f"qkv_bias={cfg.qkv_bias}, init_values={cfg.init_values}"
     )
-    if missing or unexpected or mismatched:
-        problems = []
-        if missing:
-            problems.append(f"missing keys: {_describe_keys(missing)}")
-        if unexpected:
-            problems.append(f"unexpected keys: {_describe_keys(unexpected)}")
-        if mismatched:
-            problems.append(f"shape mismatches: {_describe_keys(mismatched)}")
-        raise ValueError(
-            f"{path} does not match a VideoMAE V2 ViT with embed_dim={cfg.embed_dim}, depth={cfg.depth}, "
-            f"num_heads={cfg.num_heads}, patch_size={cfg.patch_size}, tubelet_size={cfg.tubelet_size}, "
-            f"mlp_ratio={cfg.mlp_ratio}, qkv_bias={cfg.qkv_bias}, init_values={cfg.init_values}; "
-            + "; ".join(problems)
-            + ". Set the model sizes to those of the checkpoint, or use an original VideoMAE V2 "
-            "fine-tuned/distilled checkpoint."
-        )
-    model.load_state_dict(state, strict=True)
+    load_state_dict_strict(
+        model,
+        state,
+        path,
+        description,
+        dropped=CLASSIFIER_HEAD_PATTERNS,
+        hint="Set the model sizes to those of the checkpoint, or use an original VideoMAE V2 fine-tuned/distilled "
+        "checkpoint.",
+    )
     return model.eval()

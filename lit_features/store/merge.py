@@ -71,14 +71,30 @@ def log_run_summary(trainer: pl.Trainer, run: dict[str, Any]) -> None:
 
 
 def export_manifest_with_features(
-    root: Path, samples: list[Any], target: Path, per_name: bool, fields: dict[str, str] | None = None
+    root: Path,
+    samples: list[Any],
+    target: Path,
+    per_name: bool,
+    fields: dict[str, str] | None = None,
+    done_only: bool = False,
 ) -> int:
-    """Write ``{key: entry + feature file paths}`` for ``samples`` from the merged index; returns entries with paths."""
+    """Write ``{key: entry + feature file paths}`` for ``samples`` from the merged index; returns entries with paths.
+
+    With ``done_only``, entries without features are left out and listed in ``<target stem>.missing.json`` as
+    ``{key: reason}`` (the recorded failure, or "not processed").
+    """
     rows = {r["key"]: r for r in layout.read_jsonl_rows(root / layout.MERGED_INDEX)}
-    out, done = {}, 0
+    out, done, missing = {}, 0, {}
+    failures = {r["key"]: r for r in layout.read_jsonl_rows(root / layout.MERGED_FAILURES)} if done_only else {}
     for sample in samples:
         entry = dict(sample.entry)
         row = rows.get(sample.key)
+        if row is None and done_only:
+            failure = failures.get(sample.key)
+            missing[sample.key] = (
+                f"{failure['stage']}: {failure['error']}: {failure['message']}" if failure else "not processed"
+            )
+            continue
         if row is not None:
             files = row.get("files", [row["file"]])
             names = list(row["shapes"]) if per_name else [""]
@@ -89,6 +105,8 @@ def export_manifest_with_features(
             done += 1
         out[sample.key] = entry
     layout.atomic_write_text(target, json.dumps(out, indent=4, default=str))
+    if done_only:
+        layout.atomic_write_text(target.with_suffix(".missing.json"), json.dumps(missing, indent=4))
     return done
 
 

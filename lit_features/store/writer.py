@@ -94,6 +94,9 @@ class FeatureWriter(BasePredictionWriter):
         export_fields: entry field for each tensor name's file, e.g. ``{hidden_states: hidden_states_path}``;
             only the listed names are added. Default: ``<name>_path`` per tensor file with a ``{name}``
             template, else ``feature_path``.
+        export_done_only: leave entries without features (failed, or not processed yet) out of
+            ``export_manifest`` and list them, with the reason recorded for each, in ``<name>.missing.json``
+            beside it, so a consumer never meets an entry without its feature paths.
         embed_meta: also store each sample's metadata inside its file (the index always has it); turn off for
             consumers that expect tensors only (e.g. MindSpeed-MM's ``.pt`` feature dicts).
         export_jsonl: at the end, write this JSON Lines file in each store folder: one row per stored sample,
@@ -115,6 +118,7 @@ class FeatureWriter(BasePredictionWriter):
         skip_existing: bool = False,
         export_manifest: str | None = None,
         export_fields: dict[str, str] | None = None,
+        export_done_only: bool = False,
         embed_meta: bool = True,
         export_jsonl: str | None = None,
     ):
@@ -133,6 +137,7 @@ class FeatureWriter(BasePredictionWriter):
         self.skip_existing = skip_existing
         self.export_manifest = export_manifest
         self.export_fields = export_fields
+        self.export_done_only = export_done_only
         self.embed_meta = embed_meta
         if export_jsonl is not None and (Path(export_jsonl).is_absolute() or ".." in Path(export_jsonl).parts):
             raise ValueError(f"export_jsonl must be a file name inside the output directory, got {export_jsonl!r}")
@@ -461,7 +466,9 @@ class FeatureWriter(BasePredictionWriter):
             return
         target = self.output_dir / self.export_manifest
         per_name = "{name}" in self.path_template
-        n = export_manifest_with_features(self.output_dir, samples, target, per_name, self.export_fields)
+        n = export_manifest_with_features(
+            self.output_dir, samples, target, per_name, self.export_fields, self.export_done_only
+        )
         log.info("wrote %s (%d entries with features)", target, n)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:

@@ -79,19 +79,23 @@ def _resolve(root: Path, path: str) -> str:
     return os.path.normpath(path if os.path.isabs(path) else os.path.join(root, path))
 
 
-def read_speaker_rows(split_root: str | os.PathLike, split: str) -> list[SpeakerRow]:
+def read_speaker_rows(
+    split_root: str | os.PathLike, split: str, root: str | os.PathLike | None = None
+) -> list[SpeakerRow]:
     """Every (mixture, speaker) row of ``split`` (``train``/``val``/``test``/``all``), s1 rows then s2 rows.
 
-    Relative paths resolve against ``split_root``, as in the precompute, so embedding files line up.
+    Relative paths resolve as IIANet opens them: against the working directory, or ``root`` when given —
+    the same rule as the precompute (``--data.root``), so embedding files line up.
     """
-    root = Path(split_root)
+    lists = Path(split_root)
+    base = Path(root) if root is not None else Path.cwd()
     if split not in IIANET_SPLITS:
-        raise ManifestError(root, f"unknown split {split!r}; choose one of {sorted(IIANET_SPLITS)}")
+        raise ManifestError(lists, f"unknown split {split!r}; choose one of {sorted(IIANET_SPLITS)}")
     out = []
     for sub in IIANET_SPLITS[split]:
-        mixes = _load_rows(root / sub / "mix.json")
+        mixes = _load_rows(lists / sub / "mix.json")
         for speaker in ("s1", "s2"):
-            file = root / sub / f"{speaker}.json"
+            file = lists / sub / f"{speaker}.json"
             rows = _load_rows(file)
             if len(rows) != len(mixes):
                 raise ManifestError(file, f"has {len(rows)} rows but mix.json has {len(mixes)}; they pair up by line")
@@ -99,12 +103,12 @@ def read_speaker_rows(split_root: str | os.PathLike, split: str) -> list[Speaker
                 if not (isinstance(row, list) and len(row) >= 3 and all(isinstance(v, str) for v in row[:2])):
                     raise ManifestError(file, f"expected [wav, mouth_npz, n_samples], got {row!r}", i)
                 if not (isinstance(mix, list) and mix and isinstance(mix[0], str)):
-                    raise ManifestError(root / sub / "mix.json", f"expected [wav, n_samples], got {mix!r}", i)
+                    raise ManifestError(lists / sub / "mix.json", f"expected [wav, n_samples], got {mix!r}", i)
                 out.append(
                     SpeakerRow(
-                        _resolve(root, mix[0]),
-                        _resolve(root, row[0]),
-                        _resolve(root, row[1]),
+                        _resolve(base, mix[0]),
+                        _resolve(base, row[0]),
+                        _resolve(base, row[1]),
                         int(row[2]),
                         sub,
                         speaker,
@@ -166,10 +170,15 @@ class LipVisualDataset(Dataset):
 
     @classmethod
     def from_split(
-        cls, split_root: str | os.PathLike, split: str = "train", use_precomputed: bool = True
+        cls,
+        split_root: str | os.PathLike,
+        split: str = "train",
+        use_precomputed: bool = True,
+        root: str | os.PathLike | None = None,
     ) -> LipVisualDataset:
-        """The dataset of one IIANet split (``train``, ``val``, ``test`` or ``all``)."""
-        return cls(read_speaker_rows(split_root, split), use_precomputed)
+        """The dataset of one IIANet split (``train``, ``val``, ``test`` or ``all``); relative paths in the lists
+        resolve against ``root`` (default: the working directory, as IIANet opens them)."""
+        return cls(read_speaker_rows(split_root, split, root), use_precomputed)
 
     def __len__(self) -> int:
         return len(self.rows)

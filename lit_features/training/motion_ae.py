@@ -27,6 +27,7 @@ from lit_features.models.motion_autoencoder import (
     load_motion_autoencoder,
     motion_autoencoder_loss,
 )
+from lit_features.models.weights import load_state_dict_strict
 from lit_features.store.reader import FeatureStore
 from lit_features.training.feature_data import check_feature_shape, open_feature_store, split_keys
 
@@ -94,6 +95,8 @@ class MotionAutoencoderModule(pl.LightningModule):
             self.metrics[f"{split}_recon_mse"] = torchmetrics.MeanSquaredError()
             self.metrics[f"{split}_cosine"] = torchmetrics.MeanMetric()
         self.val_history: list[dict[str, float]] = []
+        # Sum and count of this epoch's training losses: upstream checkpoints carry their mean (``mean_loss``).
+        self._epoch_loss: tuple[torch.Tensor | float, int] = (0.0, 0)
         self._latent_sample: torch.Tensor | None = None
 
     @property
@@ -128,7 +131,10 @@ class MotionAutoencoderModule(pl.LightningModule):
         return losses.total, out
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")[0]
+        loss = self._step(batch, "train")[0]
+        total, count = self._epoch_loss
+        self._epoch_loss = (total + loss.detach(), count + 1)  # no .item(): no device sync per step
+        return loss
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         _, out = self._step(batch, "val")
@@ -156,9 +162,19 @@ class MotionAutoencoderModule(pl.LightningModule):
             log_histogram(self.logger, "val/latent_histogram", self._latent_sample, self.global_step)
             self._latent_sample = None
 
+    def on_train_epoch_start(self) -> None:
+        self._epoch_loss = (0.0, 0)
+
+    def epoch_mean_loss(self) -> float | None:
+        """Mean training loss over this epoch's batches so far (None before the first)."""
+        total, count = self._epoch_loss
+        return float(total) / count if count else None
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Per-epoch validation metrics travel with the weights (learning curves without the logger's files).
+        # Per-epoch validation metrics travel with the weights (learning curves without the logger's files), and
+        # the epoch's mean training loss for the upstream export.
         checkpoint["val_history"] = list(self.val_history)
+        checkpoint["train_mean_loss"] = self.epoch_mean_loss()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.val_history = list(checkpoint.get("val_history", []))
@@ -323,11 +339,6 @@ def load_motion_checkpoint(
     config = MotionAutoencoderConfig.from_dict(hparams)
     state = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     model = MotionFeatureAutoencoder.from_config(config)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"{path}: the checkpoint's weights do not match a motion autoencoder with {config.to_dict()}: "
-            f"missing {sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}"
-        )
+    load_state_dict_strict(model, state, path, f"a motion autoencoder with {config.to_dict()}")
     model.checkpoint_path = path
     return model.eval()

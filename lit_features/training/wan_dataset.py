@@ -1,9 +1,9 @@
-"""Datasets a Wan2.1 trainer reads: clips from a ``wan_train`` feature store, or from MindSpeed-MM's ``data.jsonl``.
+"""Datasets a Wan2.1 trainer reads: clips from a Wan feature store, or from MindSpeed-MM's ``data.jsonl``.
 
 :class:`WanTrainingDataset` returns, per clip, the stored ``video`` latent, ``prompt_ids`` (UMT5 embedding),
-``prompt_mask``, any I2V keys, and the ``caption``. Given a manifest it trains on the manifest's clips; a clip the
-store lacks raises a ``KeyError`` naming it, or, with ``compute_missing=True``, is computed on the fly by the same
-extractor the store was written with (rebuilt from the store's fingerprint, and refused if it would compute
+``prompt_mask``, any I2V and Qwen keys, and the ``caption``. Given a manifest it trains on the manifest's clips; a
+clip the store lacks raises a ``KeyError`` naming it, or, with ``compute_missing=True``, is computed on the fly by the
+same extractor the store was written with (rebuilt from the store's fingerprint, and refused if it would compute
 different numbers), through the extractor's own preprocessor and ``predict_step``, so a partly cached dataset
 trains on exactly what a full extraction would have stored.
 
@@ -27,6 +27,8 @@ from lit_features.data.dataset import BatchCollator, SampleDataset
 from lit_features.data.decode_sandbox import DecodeSandbox
 from lit_features.data.manifest import ManifestError, Sample, read_manifests
 from lit_features.data.preprocess import EntryError
+from lit_features.extractors.base import FeatureExtractor
+from lit_features.extractors.bindweave import BindWeaveTrainingFeatures
 from lit_features.extractors.wan import WanTrainingFeatures
 from lit_features.store.fingerprint import describe_difference, fingerprint_hash
 from lit_features.store.reader import FeatureStore
@@ -38,16 +40,25 @@ class MissingFeaturesError(KeyError):
     """A clip the training set needs is not in the store and on-the-fly computation is off."""
 
 
-def extractor_for_store(store: FeatureStore, model_path: str, check: bool = True) -> WanTrainingFeatures:
+def extractor_for_store(
+    store: FeatureStore, model_path: str, check: bool = True, qwen_model_path: str | None = None
+) -> FeatureExtractor:
     """Rebuild the extractor that wrote ``store`` (its init arguments are in the store's fingerprint).
 
-    With ``check``, refuse when the rebuilt extractor's fingerprint differs from the store's (different weights
-    at ``model_path``, or a newer preprocessing), since its features would not match the cached ones.
+    ``model_path`` is the Wan weights folder; a ``bindweave_train`` store also needs ``qwen_model_path``. With
+    ``check``, refuse when the rebuilt extractor's fingerprint differs from the store's (different weights, or a
+    newer preprocessing), since its features would not match the cached ones.
     """
     stored = store.info.get("fingerprint", {})
-    if stored.get("extractor") != WanTrainingFeatures.extractor_name:
-        raise ValueError(f"{store.root} was written by {stored.get('extractor')!r}, not by 'wan_train'")
-    extractor = WanTrainingFeatures(model_path=model_path, **stored.get("params", {}))
+    name, params = stored.get("extractor"), stored.get("params", {})
+    if name == WanTrainingFeatures.extractor_name:
+        extractor: FeatureExtractor = WanTrainingFeatures(model_path=model_path, **params)
+    elif name == BindWeaveTrainingFeatures.extractor_name:
+        if qwen_model_path is None:
+            raise ValueError(f"{store.root} holds BindWeave features: give qwen_model_path as well as model_path")
+        extractor = BindWeaveTrainingFeatures(wan_model_path=model_path, qwen_model_path=qwen_model_path, **params)
+    else:
+        raise ValueError(f"{store.root} was written by {name!r}, not by 'wan_train' or 'bindweave_train'")
     current = {**extractor.fingerprint(), "writer": stored.get("writer", {})}
     if check and fingerprint_hash(current) != store.fingerprint:
         raise ValueError(
@@ -61,15 +72,16 @@ class WanTrainingDataset(Dataset):
     """Per clip: ``{"key", "caption", "video", "prompt_ids", "prompt_mask", <I2V keys>, "source", "cached"}``.
 
     Args:
-        store: folder of a store written by the ``wan_train`` extractor (any codec), or ``None`` when nothing
-            is cached yet (then ``compute_missing`` and ``extractor`` are required).
+        store: folder of a store written by the ``wan_train`` or ``bindweave_train`` extractor (any codec), or
+            ``None`` when nothing is cached yet (then ``compute_missing`` and ``extractor`` are required).
         manifest: the clips to train on (any manifest form ``predict`` takes); default: every clip in the store.
             Use the manifest the store was written from, so keys match.
         root: folder relative manifest paths are joined onto.
         compute_missing: compute clips missing from the store with the extractor instead of raising.
         extractor: the extractor to compute with; default: rebuilt from the store's fingerprint with
             ``model_path``.
-        model_path: the weights folder for the rebuilt extractor.
+        model_path: the (Wan) weights folder for the rebuilt extractor.
+        qwen_model_path: the Qwen2.5-VL weights folder, for a ``bindweave_train`` store.
         check_fingerprint: refuse an extractor whose features would differ from the store's.
         decode_timeout_s: seconds one on-the-fly decode may take.
         sandbox: decode on-the-fly clips in a child process (protects training from decoder crashes).
@@ -81,8 +93,9 @@ class WanTrainingDataset(Dataset):
         manifest: str | Sequence[str] | None = None,
         root: str | None = None,
         compute_missing: bool = False,
-        extractor: WanTrainingFeatures | None = None,
+        extractor: FeatureExtractor | None = None,
         model_path: str | None = None,
+        qwen_model_path: str | None = None,
         check_fingerprint: bool = True,
         decode_timeout_s: float = 60.0,
         sandbox: bool = True,
@@ -103,7 +116,7 @@ class WanTrainingDataset(Dataset):
             if model_path is None:
                 raise ValueError("compute_missing needs the extractor, or model_path to rebuild it from the store")
             assert self.store is not None
-            extractor = extractor_for_store(self.store, model_path, check_fingerprint)
+            extractor = extractor_for_store(self.store, model_path, check_fingerprint, qwen_model_path)
         self.extractor = extractor
         self.decode_timeout_s = decode_timeout_s
         self.sandbox = sandbox

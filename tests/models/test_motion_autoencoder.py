@@ -15,6 +15,7 @@ from lit_features.models.motion_autoencoder import (
     motion_autoencoder_loss,
     temporal_difference,
 )
+from tests.models.upstream_motion_reference import UpstreamMotionAutoencoder
 from tools.tiny_models import motion_autoencoder as tiny_motion
 
 TINY = {"input_dim": 32, "model_dim": 32, "latent_dim": 16, "num_heads": 4, "num_layers": 1}
@@ -37,16 +38,17 @@ def _save_upstream(path: pathlib.Path, state_dict: dict, config: dict) -> pathli
 @pytest.mark.parametrize("shape", [(2, 5, 6, 32), (2, 5, 2, 3, 32)], ids=["tokens", "grid"])
 def test_forward_shapes(model: MotionFeatureAutoencoder, shape: tuple[int, ...]) -> None:
     out = model(torch.randn(shape))
-    assert out.latent.shape == (2, 5, 6, 16)
+    assert out.latent.shape == (*shape[:-1], 16)  # the input's layout, as upstream returns it
     assert out.reconstruction.shape == shape
     assert out.motion_embedding.shape == (2, 5, 16)
-    torch.testing.assert_close(out.motion_embedding, out.latent.mean(dim=2))
+    torch.testing.assert_close(out.motion_embedding, out.latent.flatten(2, -2).mean(dim=2))
 
 
 def test_grid_input_equals_row_major_flattened_tokens(model: MotionFeatureAutoencoder) -> None:
     x = torch.randn(1, 4, 2, 3, 32)
     grid, tokens = model(x), model(x.reshape(1, 4, 6, 32))
-    torch.testing.assert_close(grid.latent, tokens.latent)
+    assert grid.latent.shape == (1, 4, 2, 3, 16) and tokens.latent.shape == (1, 4, 6, 16)
+    torch.testing.assert_close(grid.latent.reshape(1, 4, 6, 16), tokens.latent)
     torch.testing.assert_close(grid.reconstruction, tokens.reconstruction.reshape(x.shape))
 
 
@@ -54,7 +56,7 @@ def test_default_config_matches_upstream_defaults() -> None:
     config = MotionAutoencoderConfig()
     assert (config.input_dim, config.model_dim, config.latent_dim) == (768, 384, 192)
     assert (config.num_heads, config.num_layers, config.dropout) == (8, 2, 0.1)
-    assert MotionFeatureAutoencoder().compression_ratio == 4.0
+    assert MotionFeatureAutoencoder().compression_ratio == 0.25  # latent size / input size, as upstream
 
 
 def test_config_rejects_heads_not_dividing_width() -> None:
@@ -150,11 +152,28 @@ def test_encode_returns_latent_embedding_and_ratio(model: MotionFeatureAutoencod
     x = torch.randn(1, 4, 2, 3, 32)
     encoded = model.encode(x)
     assert set(encoded) == {"latent", "motion_embedding", "compression_ratio"}
-    assert encoded["latent"].shape == (1, 4, 6, 16)
+    assert encoded["latent"].shape == (1, 4, 2, 3, 16)
     assert encoded["motion_embedding"].shape == (1, 4, 16)
-    assert encoded["compression_ratio"] == 2.0
+    assert encoded["compression_ratio"] == 0.5
     assert not encoded["latent"].requires_grad
     torch.testing.assert_close(encoded["latent"], model(x).latent.detach())
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 5, 32), (1, 6, 2, 3, 32)], ids=["tokens", "grid"])
+@pytest.mark.parametrize("use_token", [True, False])
+def test_upstream_flat_model_equals_the_upstream_reference(shape: tuple[int, ...], use_token: bool) -> None:
+    """Same weights in a model written from the upstream description: identical outputs in both layouts."""
+    torch.manual_seed(3)
+    ours = MotionFeatureAutoencoder(**TINY, use_token=use_token, sequence_grouping="upstream_flat").eval()
+    reference = UpstreamMotionAutoencoder(**TINY, dropout=0.1, use_token=use_token).eval()
+    reference.load_state_dict(ours.state_dict(), strict=True)
+    x = torch.randn(shape)
+    with torch.no_grad():
+        want, got, encoded = reference(x), ours(x), ours.encode(x)
+    for name in ("latent", "reconstruction", "motion_embedding"):
+        torch.testing.assert_close(getattr(got, name), getattr(want, name), rtol=0, atol=1e-6)
+    torch.testing.assert_close(encoded["latent"], want.latent, rtol=0, atol=1e-6)
+    assert encoded["compression_ratio"] == reference.compression_ratio == 0.5
 
 
 # --- bad inputs ---------------------------------------------------------------------------------------------
@@ -210,6 +229,7 @@ def test_tiny_maker_checkpoint_loads_and_encodes(tmp_path: pathlib.Path) -> None
     assert loaded.config.input_dim == 32 and loaded.config.latent_dim == 16
     assert loaded.config.sequence_grouping == "upstream_flat"
     assert loaded.encode(torch.randn(1, 4, 3, 32))["latent"].shape == (1, 4, 3, 16)
+    assert loaded.encode(torch.randn(1, 4, 2, 3, 32))["latent"].shape == (1, 4, 2, 3, 16)
 
 
 def test_loader_infers_use_token_and_keeps_explicit_grouping(tmp_path: pathlib.Path) -> None:

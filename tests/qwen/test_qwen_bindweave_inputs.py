@@ -94,3 +94,70 @@ def test_default_export_fields(qwen_dir, eval_folder, tmp_path):
     exported = json.loads((tmp_path / "store" / "with_features.json").read_text())
     path = Path(exported["singledomain_001"]["feature_path"])
     assert path.is_file() and path.suffix == ".safetensors"
+
+
+def test_failed_keys_are_left_out_of_the_eval_json(qwen_dir, eval_folder, tmp_path):
+    cases = json.loads((eval_folder / "Open-Domain_Eval.json").read_text())
+    cases["broken_003"] = {"prompt": "A dog.", "img_paths": ["Images/no_such_dog.jpg"]}
+    (eval_folder / "Open-Domain_Eval.json").write_text(json.dumps(cases))
+    writer = FeatureWriter(
+        str(tmp_path / "features"),
+        codec="pt_bare",
+        path_template="{key}_{name}{ext}",
+        export_manifest="eval_with_features.json",
+        export_done_only=True,
+        export_fields={"hidden_states": "hidden_states_path", "hidden_states_negative": "hidden_states_path_negative"},
+    )
+    run(qwen_dir, eval_folder / "Open-Domain_Eval.json", writer, negative_prompt="blurry", output_layout="bindweave")
+    exported = json.loads((tmp_path / "features" / "eval_with_features.json").read_text())
+    assert sorted(exported) == ["multidomain_002", "singledomain_001"]
+    assert all(Path(case["hidden_states_path_negative"]).is_file() for case in exported.values())
+    missing = json.loads((tmp_path / "features" / "eval_with_features.missing.json").read_text())
+    assert list(missing) == ["broken_003"]
+    assert missing["broken_003"].startswith("decode: FileNotFoundError:") and "no_such_dog.jpg" in missing["broken_003"]
+
+
+def test_bindweave_layout_config_is_bindweaves_evaluation():
+    """The fixed negative prompt byte for byte (528 characters), images read without EXIF, failed keys left out."""
+    import hashlib
+
+    import yaml
+
+    from tests.conftest import REPO_ROOT
+
+    config = yaml.safe_load((REPO_ROOT / "configs" / "qwen_hidden_bindweave.yaml").read_text())
+    model = config["model"]["init_args"]
+    negative = model["negative_prompt"]
+    assert len(negative) == 528 and negative.startswith("Bright tones, overexposed, static, blurred details")
+    assert "separated,motionless" in negative and negative.endswith("no movement, stationary, unmoving")
+    assert hashlib.sha256(negative.encode()).hexdigest() == (
+        "55c76d0035b8ddfdf29b201e5bcfea9872c9debfa500a154b7609b6f01e12b51"
+    )
+    assert model["exif_transpose"] is False and config["writer"]["export_done_only"] is True
+    generic = yaml.safe_load((REPO_ROOT / "configs" / "qwen_hidden.yaml").read_text())
+    assert generic["model"]["init_args"]["exif_transpose"] is True
+
+
+def test_exif_orientation_is_an_option(tmp_path):
+    """A portrait photo stored landscape with EXIF Orientation 6: upright with the option on, as stored with it off."""
+    from PIL import Image
+
+    from lit_features.data.decode_sandbox import DecodeSandbox
+    from lit_features.data.media import decode_image
+    from lit_features.data.preprocess import MediaLoader
+    from lit_features.extractors.qwen_inputs import QwenPromptPreprocessor
+
+    path = tmp_path / "portrait.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    Image.new("RGB", (40, 20), (200, 30, 30)).save(path, exif=exif)
+    assert decode_image(str(path)).shape == (40, 20, 3)
+    assert decode_image(str(path), exif_transpose=False).shape == (20, 40, 3)
+    (tmp_path / "m.json").write_text(json.dumps([{"prompt": "A red card.", "images": [str(path)]}]))
+    (sample,) = read_manifests(tmp_path / "m.json")
+    media = MediaLoader(DecodeSandbox(enabled=False))
+    sizes = {
+        flag: QwenPromptPreprocessor(prescale="none", exif_transpose=flag).load_images(sample, media)[1]["image_sizes"]
+        for flag in (True, False)
+    }
+    assert sizes == {True: [[40, 20]], False: [[20, 40]]}

@@ -102,8 +102,8 @@ def test_encode_fit_checkpoint_writes_latent_motion_embedding_and_ratio(fitted, 
     reference = model.encode(inputs[key]["feature"][None])
     torch.testing.assert_close(sample["latent"], reference["latent"][0], atol=1e-5, rtol=0)
     torch.testing.assert_close(sample["motion_embedding"], reference["motion_embedding"][0], atol=1e-5, rtol=0)
-    assert sample["latent"].shape == (8, 16, 16) and sample["motion_embedding"].shape == (8, 16)
-    assert float(sample["compression_ratio"]) == 2.0
+    assert sample["latent"].shape == (8, 4, 4, 16) and sample["motion_embedding"].shape == (8, 16)
+    assert float(sample["compression_ratio"]) == 0.5  # latent size / input size
     assert encoded.meta(key)["model"] == "synthetic" and encoded.meta(key)["input_key"] == key
 
 

@@ -13,6 +13,7 @@ import torch
 
 from lit_features.cli import run_cli as lightning_cli
 from lit_features.extractors.vfm import VideoMAEv2Features, VJEPA2Features
+from lit_features.extractors.vfm_report import write_failed_videos
 from lit_features.store.fingerprint import fingerprint_hash
 from lit_features.store.reader import FeatureStore
 from tests.conftest import REPO_ROOT
@@ -103,8 +104,19 @@ def test_several_models_over_one_decode(tiny_models, manifest, tmp_path, caplog)
     assert summary["VideoMAEv2"]["feature_dim"] == 32 and summary["VideoMAEv2"]["feature_shape"] == [24, 10, 15, 32]
     assert summary["VJEPA2"]["written"] == 2 and summary["VJEPA2"]["failed"] == 1
     assert "skipped" in summary["DINOv2"]
-    report = (out / "vfm_dimensions.txt").read_text()
-    assert "- VideoMAEv2\n  sample_feature_shape: [24, 10, 15, 32]\n  feature_dimension(C): 32" in report
+    # Upstream's report, line for line (skipped models are not listed, as upstream skips them).
+    assert (out / "vfm_dimensions.txt").read_text() == (
+        "VFM feature dimensions report\n"
+        f"video_dir: {manifest}\n"
+        "num_videos: 3\n"
+        "num_frames(sampled): 48\n\n"
+        "- VideoMAEv2\n  sample_feature_shape: (24, 10, 15, 32)\n  feature_dimension(C): 32\n\n"
+        "- VJEPA2\n  sample_feature_shape: (24, 10, 15, 32)\n  feature_dimension(C): 32\n\n"
+    )
+    # Upstream's failed_videos.txt in each model's folder: "<video file name>: <error>", no trailing newline.
+    for name in ("VideoMAEv2", "VJEPA2"):
+        lines = (out / name / "failed_videos.txt").read_text().split("\n")
+        assert len(lines) == 1 and lines[0].startswith("broken.mp4: ") and len(lines[0]) > len("broken.mp4: ")
 
 
 def test_single_model_config_writes_upstreams_pt_layout_and_resumes(tiny_models, manifest, tmp_path):
@@ -134,6 +146,21 @@ def test_single_model_config_writes_upstreams_pt_layout_and_resumes(tiny_models,
     assert len(sample["frame_indices"]) == 48
     summary = json.loads((out / "vfm_summary.json").read_text())["models"]["VideoMAEv2"]
     assert (summary["written"], summary["failed"]) == (2, 1)
+    # The model folder as upstream leaves it: <stem>.pt per video, failed_videos.txt, the dimensions report.
+    assert (out / "failed_videos.txt").read_text().startswith("broken.mp4: ")
+    assert "- VideoMAEv2\n  sample_feature_shape: (24, 10, 15, 32)\n" in (out / "vfm_dimensions.txt").read_text()
     stamp = (out / "v_GGSY1Qvo990.pt").stat().st_mtime_ns
     predict(*args)  # everything is done or failed: nothing is recomputed
     assert (out / "v_GGSY1Qvo990.pt").stat().st_mtime_ns == stamp
+
+
+def test_failed_videos_file_follows_the_store(tmp_path):
+    """One line per failure, as upstream writes it; a run that leaves no failure removes the stale file."""
+    rows = [
+        {"key": "a", "source": "/data/clips/a.mp4", "error": "DecodeError", "message": "moov atom\nnot found"},
+        {"key": "b_cut0-10", "source": None, "error": "ShortClipError", "message": ""},
+    ]
+    write_failed_videos(tmp_path, rows)
+    assert (tmp_path / "failed_videos.txt").read_text() == "a.mp4: moov atom not found\nb_cut0-10: ShortClipError"
+    write_failed_videos(tmp_path, [])
+    assert not (tmp_path / "failed_videos.txt").exists()

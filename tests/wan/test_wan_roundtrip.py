@@ -19,6 +19,7 @@ from lit_features.training.wan_dataset import (
     collate_wan_batch,
 )
 from tests.conftest import MEDIA, REPO_ROOT, run_cli
+from tests.wan import mindspeed_reader
 
 WAN = "Wan2.1-I2V-14B-720P-Diffusers"
 CONFIG = str(REPO_ROOT / "configs" / "flashi2v_features.yaml")
@@ -58,6 +59,10 @@ def test_upstream_layout_and_data_jsonl(flashi2v_store):
     assert ggsy["cap"] == "People  play a game\noutdoors." and ggsy["cut"] == [20, 300]
     assert ggsy["start_frame_idx"] == 20 and ggsy["sample_num_frames"] == 21
     assert ggsy["sample_frame_index"][:5] == [20, 21, 22, 23, 24] and ggsy["file"].startswith("features/")
+    # the sampler's fields: the size encoded, beside the entry's own resolution (or the decoded one when it had none)
+    assert ggsy["resolution"] == {"height": 240, "width": 320, "sample_height": 32, "sample_width": 48}
+    bird = by_path["cockatoo.mp4"]["resolution"]
+    assert bird == {"height": 720, "width": 1280, "sample_height": 32, "sample_width": 48}
     for row in rows:
         data = torch.load(out / row["file"], weights_only=True)
         assert set(data) == {"video", "prompt_ids", "prompt_mask"}  # tensors only, upstream names
@@ -67,6 +72,17 @@ def test_upstream_layout_and_data_jsonl(flashi2v_store):
         assert data["prompt_mask"].shape == (1, 512) and data["prompt_mask"].dtype == torch.int64
     store = FeatureStore(out)
     assert len(store) == 3 and store.info["tiny_random_stand_in"] and store.failures() == []
+
+
+def test_read_as_mindspeed(flashi2v_store):
+    """Through MindSpeed-MM's feature dataset and default collate: what FlashI2V's model takes as cached features."""
+    out = flashi2v_store["out"]
+    clips = [row for row in mindspeed_reader.rows(out / "data.jsonl") if row["path"].endswith(".mp4")]
+    batch = mindspeed_reader.batch(out, clips)
+    assert set(batch) == {"video", "prompt_ids", "prompt_mask"}
+    assert batch["video"].shape == (2, 16, 6, 4, 6) and batch["prompt_ids"].shape == (2, 1, 512, 32)
+    assert batch["prompt_mask"].shape == (2, 1, 512) and batch["prompt_mask"].dtype == torch.int64
+    assert {mindspeed_reader.sample_size(row) for row in clips} == {"21x32x48"}
 
 
 def test_readers_agree(flashi2v_store):
@@ -80,7 +96,7 @@ def test_readers_agree(flashi2v_store):
             assert torch.equal(a[name], b[name])
         assert a["cached"] is True
     captions = {cached[i]["key"]: cached[i]["caption"] for i in range(3)}
-    assert captions["v_GGSY1Qvo990_mp4_cut20-300"] == "People play a game outdoors."  # whitespace collapsed
+    assert captions["v_GGSY1Qvo990_mp4_cut20-300"] == "people play a game outdoors."  # FlashI2V's cleaning
     batch = collate_wan_batch([cached[0], cached[0]])
     assert batch["prompt_ids"].shape == (2, 1, 512, 32) and batch["caption"] == [cached[0]["caption"]] * 2
 
@@ -101,7 +117,7 @@ def test_partly_cached_dataset_computes_the_rest(flashi2v_store, tiny_models, me
         sandbox=False,
     )
     item = online[3]
-    assert item["cached"] is False and item["caption"] == "An astronaut."
+    assert item["cached"] is False and item["caption"] == "an astronaut."  # FlashI2V-cleaned
     assert item["video"].shape == (16, 1, 4, 6) and item["prompt_ids"].dtype == torch.bfloat16
     # computing a clip the store holds (the 720p one) gives the stored features (bf16: within one bf16 step)
     fresh, stored = online.compute(1), online[1]
@@ -180,41 +196,41 @@ def test_odd_frame_count_is_refused_at_start(tiny_models, tmp_path):
     assert not (tmp_path / "never").exists()  # refused before anything was read or written
 
 
+def shipped_wan_preprocessor(tiny_models, name):
+    """The Wan preprocessor the shipped config builds (the BindWeave config's through its composite)."""
+    import yaml
+
+    from lit_features.extractors.bindweave import BindWeaveTrainingFeatures
+
+    config = yaml.safe_load((REPO_ROOT / "configs" / name).read_text())
+    assert config["data"]["class_path"] == "lit_features.data.datamodule.ManifestDataModule"
+    assert config["writer"]["codec"] == "pt" and config["writer"]["export_jsonl"] == "data.jsonl"
+    args = dict(config["model"]["init_args"])
+    if config["model"]["class_path"] == "lit_features.extractors.bindweave.BindWeaveTrainingFeatures":
+        args.update(wan_model_path=str(tiny_models / WAN), qwen_model_path=str(tiny_models / "Qwen2.5-VL-7B-Instruct"))
+        extractor = BindWeaveTrainingFeatures(**args)
+        return extractor.wan.preprocessor(), extractor.wan
+    assert config["model"]["class_path"] == "lit_features.extractors.wan.WanTrainingFeatures"
+    extractor = WanTrainingFeatures(**{**args, "model_path": str(tiny_models / WAN)})
+    return extractor.preprocessor(), extractor
+
+
 @pytest.mark.parametrize(
-    ("name", "expected"),
+    ("name", "expected", "vae"),
     [
         (
             "flashi2v_features.yaml",
-            dict(num_frames=49, height=480, width=832, size_rule="resize_then_crop", i2v="none"),
+            dict(num_frames=49, target_fps=16, size_rule="flashi2v", caption_cleaning="flashi2v", i2v="none"),
+            (torch.float32, None),
         ),
-        ("wan_train_features.yaml", dict(num_frames=81, height=720, width=1280, size_rule="crop_then_resize")),
+        (
+            "wan_train_features.yaml",
+            dict(num_frames=81, target_fps=None, height=720, width=1280, size_rule="bindweave", exif_transpose=False),
+            (torch.bfloat16, "mindspeed"),
+        ),
     ],
 )
-def test_shipped_configs_build_the_documented_extractor(tiny_models, name, expected):
-    import yaml
-
-    config = yaml.safe_load((REPO_ROOT / "configs" / name).read_text())
-    assert config["model"]["class_path"] == "lit_features.extractors.wan.WanTrainingFeatures"
-    assert config["data"]["class_path"] == "lit_features.data.datamodule.ManifestDataModule"
-    assert config["writer"]["codec"] == "pt" and config["writer"]["export_jsonl"] == "data.jsonl"
-    args = {**config["model"]["init_args"], "model_path": str(tiny_models / WAN)}
-    pre = WanTrainingFeatures(**args).preprocessor()
-    assert {k: getattr(pre, k) for k in expected} == expected and pre.target_fps == 16
-
-
-def test_bindweave_config_with_reference_images(tiny_models, media, tmp_path):
-    """configs/wan_train_features.yaml (reference I2V, tiling on) end to end, at a small size."""
-    entry = {"path": "cockatoo.mp4", "cap": "A bird.", "images": ["chelsea.jpg", "astronaut.png"]}
-    manifest = write_manifest(tmp_path / "data.json", [entry])
-    out = tmp_path / "store"
-    config = str(REPO_ROOT / "configs" / "wan_train_features.yaml")
-    args = ["predict", "--config", config, "--data.manifest", manifest, "--data.root", str(media)]
-    args += ["--writer.output_dir", str(out), "--model.model_path", str(tiny_models / WAN)]
-    args += ["--model.num_frames", "5", "--model.height", "32", "--model.width", "48", "--data.num_workers", "0"]
-    assert main(args) == 0
-    (row,) = [json.loads(line) for line in (out / "data.jsonl").read_text().splitlines()]
-    data = torch.load(out / row["file"], weights_only=True)
-    assert data["video"].shape == (16, 2, 4, 6)
-    assert data["i2v_vae_feature"].shape == (20, 4 + 2, 4, 6) and data["i2v_clip_feature"].shape == (4 * 257, 32)
-    assert data["i2v_vae_feature"][0, :2].any() and not data["i2v_vae_feature"][:, 2:4].any()  # 2 of 4 slots
-    assert row["images"] == [str(media / "chelsea.jpg"), str(media / "astronaut.png")]
+def test_shipped_configs_build_the_documented_extractor(tiny_models, name, expected, vae):
+    pre, extractor = shipped_wan_preprocessor(tiny_models, name)
+    assert {k: getattr(pre, k) for k in expected} == expected
+    assert (extractor.vae_dtype, extractor.tiling.method if extractor.tiling else None) == vae

@@ -8,11 +8,12 @@ Rows:
   both; the two alternate and the best of 2 runs each is kept (1 with ``--quick``). ``steady_clips_per_s``
   counts from the first finished clip to the last, leaving out start-up (Trainer set-up, worker and decoder
   processes starting, the first decode).
-- ``vae_untiled`` / ``vae_tiled``: peak resident memory of encoding the 1280x720 cockatoo clip (first 5 frames,
-  1 with ``--quick``) with the tiny Wan VAE, untiled and with the upstream tiles (272 px, stride 144x128), each in
-  a fresh subprocess (resident memory polled every 2 ms during the encode, minus the resident memory just
-  before it, so loading and decoding do not count), plus the tiled latent's relative RMS difference from the
-  untiled one. Linux only (reads ``/proc/self/statm``).
+- ``vae_untiled`` / ``vae_tiled_mindspeed`` / ``vae_tiled_diffusers``: peak resident memory of encoding the
+  1280x720 cockatoo clip (first 5 frames, 1 with ``--quick``) with the tiny Wan VAE through the extractor's
+  ``encode_latents``, untiled and with BindWeave's tiles (272 px, stride 144x128) by MindSpeed-MM's tiling (the
+  default) and by diffusers' own, each in a fresh subprocess (resident memory polled every 2 ms during the
+  encode, minus the resident memory just before it, so loading and decoding do not count), plus each tiled
+  latent's relative RMS difference from the untiled one. Linux only (reads ``/proc/self/statm``).
 """
 
 from __future__ import annotations
@@ -40,23 +41,24 @@ CLIPS = [
     ("v_GGSY1Qvo990.mp4", [250, 355]),
 ]
 
+VAE_CASES = ("untiled", "mindspeed", "diffusers")
+
 MEMORY_SCRIPT = r"""
 import json, os, sys, threading, time, torch
 from diffusers import AutoencoderKLWan
 from lit_features.data.media import decode_video
 from lit_features.data.sampling import FrameSampling
 from lit_features.data.transforms import normalize, to_tensor
+from lit_features.extractors.wan_vae import Tiling, encode_latents
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 def rss():
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * PAGE
 
-path, vae_dir, frames, tiled = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
+path, vae_dir, frames, method = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 vae = AutoencoderKLWan.from_pretrained(vae_dir, subfolder="vae").eval()
-if tiled:
-    vae.enable_tiling(tile_sample_min_height=272, tile_sample_min_width=272,
-                      tile_sample_stride_height=144, tile_sample_stride_width=128)
+tiling = None if method == "untiled" else Tiling(method, 272, 272, 144, 128)
 clip = decode_video(path, FrameSampling("fps", frames, 20.0))
 x = normalize(to_tensor(clip.frames), "half").permute(1, 0, 2, 3)[None].contiguous()
 del clip
@@ -69,7 +71,7 @@ watcher = threading.Thread(target=poll, daemon=True)
 watcher.start()
 start = time.perf_counter()
 with torch.no_grad():
-    z = vae.encode(x).latent_dist.mode()
+    z = encode_latents(vae, x, tiling)
 seconds = time.perf_counter() - start
 done.set()
 watcher.join()
@@ -146,7 +148,8 @@ def run_naive(extractor: Any, manifest: Path, out: Path) -> tuple[float, list[fl
     started = time.perf_counter()
     for sample in read_manifests(str(manifest), str(MEDIA)):
         prepared = preprocessor(sample, media)
-        batch = collate([{"ok": True, "sample": sample, "inputs": prepared.inputs, "meta": prepared.meta}])
+        item = {"ok": True, "sample": sample, "inputs": prepared.inputs, "meta": prepared.meta}
+        batch = collate([{**item, "decode_s": 0.0, "transform_s": 0.0}])
         with torch.no_grad():
             (features,) = extractor.extract(batch.inputs, batch)
         torch.save(features, out / f"{sample.key}.pt")
@@ -154,12 +157,10 @@ def run_naive(extractor: Any, manifest: Path, out: Path) -> tuple[float, list[fl
     return time.perf_counter() - started, ends
 
 
-def measure_vae_memory(model_path: Path, frames: int, tiled: bool, latent_out: Path) -> dict[str, Any]:
+def measure_vae_memory(model_path: Path, frames: int, method: str, latent_out: Path) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
     args = [sys.executable, "-c", MEMORY_SCRIPT, str(MEDIA / "cockatoo.mp4"), str(model_path), str(frames)]
-    proc = subprocess.run(
-        [*args, "1" if tiled else "0", str(latent_out)], capture_output=True, text=True, env=env, check=True
-    )
+    proc = subprocess.run([*args, method, str(latent_out)], capture_output=True, text=True, env=env, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -183,10 +184,10 @@ def run(quick: bool = False) -> dict[str, Any]:
             pipeline_runs.append(run_pipeline(extractor, manifest, tmp / f"pipeline{repeat}"))
         (naive_s, naive_ends), (pipeline_s, pipeline_ends) = min(naive_runs), min(pipeline_runs)
         frames = 1 if quick else 5
-        untiled = measure_vae_memory(model_path, frames, False, tmp / "untiled.pt")
-        tiled = measure_vae_memory(model_path, frames, True, tmp / "tiled.pt")
-        a, b = torch.load(tmp / "untiled.pt"), torch.load(tmp / "tiled.pt")
-        rel_rms = float((a - b).pow(2).mean().sqrt() / a.pow(2).mean().sqrt())
+        vae = {m: measure_vae_memory(model_path, frames, m, tmp / f"{m}.pt") for m in VAE_CASES}
+        latents = {m: torch.load(tmp / f"{m}.pt") for m in VAE_CASES}
+        a = latents["untiled"]
+        rel_rms = {m: float((a - z).pow(2).mean().sqrt() / a.pow(2).mean().sqrt()) for m, z in latents.items()}
     rows = [
         {
             "case": "pipeline",
@@ -202,19 +203,18 @@ def run(quick: bool = False) -> dict[str, Any]:
             "clips_per_s": count / naive_s,
             "steady_clips_per_s": steady_rate(naive_ends),
         },
-        {
-            "case": "vae_untiled",
-            "input": "x".join(map(str, untiled["shape"])),
-            "peak_mib": untiled["peak_mib"],
-            "seconds": untiled["seconds"],
-        },
-        {
-            "case": "vae_tiled_272_s144x128",
-            "input": "x".join(map(str, tiled["shape"])),
-            "peak_mib": tiled["peak_mib"],
-            "seconds": tiled["seconds"],
-        },
     ]
+    for method, result in vae.items():
+        rows.append(
+            {
+                "case": f"vae_{method}" if method == "untiled" else f"vae_tiled_{method}_272_s144x128",
+                "input": "x".join(map(str, result["shape"])),
+                "peak_mib": result["peak_mib"],
+                "seconds": result["seconds"],
+                "rel_rms_vs_untiled": rel_rms[method],
+            }
+        )
+    untiled = vae["untiled"]["peak_mib"]
     return {
         "rows": rows,
         "metrics": {
@@ -222,9 +222,10 @@ def run(quick: bool = False) -> dict[str, Any]:
             "wan_naive_clips_per_s": count / naive_s,
             "wan_pipeline_vs_naive": naive_s / pipeline_s,
             "wan_pipeline_vs_naive_steady": steady_rate(pipeline_ends) / max(steady_rate(naive_ends), 1e-9),
-            "wan_vae_peak_mib_untiled": untiled["peak_mib"],
-            "wan_vae_peak_mib_tiled": tiled["peak_mib"],
-            "wan_vae_tiled_peak_ratio": tiled["peak_mib"] / untiled["peak_mib"] if untiled["peak_mib"] else 0.0,
-            "wan_vae_tiled_rel_rms_diff": rel_rms,
+            "wan_vae_peak_mib_untiled": untiled,
+            "wan_vae_peak_mib_tiled": vae["mindspeed"]["peak_mib"],
+            "wan_vae_tiled_peak_ratio": vae["mindspeed"]["peak_mib"] / untiled if untiled else 0.0,
+            "wan_vae_tiled_rel_rms_diff": rel_rms["mindspeed"],
+            "wan_vae_diffusers_tiled_rel_rms_diff": rel_rms["diffusers"],
         },
     }

@@ -3,7 +3,8 @@
 ``out_root/OneVision-Encoder-Base/`` gets ``config.json`` (marked ``"tiny_random_stand_in": true``) and
 ``model.safetensors`` for an :class:`~lit_features.models.onevision_vit.OneVisionViTModel` with hidden 64,
 2 layers and 2 heads: head_dim 32 is the smallest width whose half splits 4:6:6 between (t, h, w) in whole
-units of head_dim/32. Patch 14 is the real one.
+units of head_dim/32. Patch 14 is the real one. ``make(out_root, layer_norm_type="rms_norm")`` writes the
+RMSNorm variant (no norm biases) to ``OneVision-Encoder-RMSNorm/`` instead.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import torch
 from lit_features.models.onevision_vit import OneVisionViTConfig, OneVisionViTModel
 
 DIR_NAME = "OneVision-Encoder-Base"
+RMS_DIR_NAME = "OneVision-Encoder-RMSNorm"
 MARKER = "tiny_random_stand_in"
 SEED = 0
 
 
-def tiny_config() -> OneVisionViTConfig:
+def tiny_config(layer_norm_type: str = "layer_norm") -> OneVisionViTConfig:
     """The stand-in's configuration, marker included."""
     return OneVisionViTConfig(
         hidden_size=64,
@@ -29,6 +31,7 @@ def tiny_config() -> OneVisionViTConfig:
         num_hidden_layers=2,
         num_attention_heads=2,
         patch_size=14,
+        layer_norm_type=layer_norm_type,
         **{MARKER: True},
     )
 
@@ -40,8 +43,9 @@ def _is_stand_in(directory: pathlib.Path) -> bool:
         return False
 
 
-def make(out_root: pathlib.Path) -> list[pathlib.Path]:
-    """Writes ``out_root/OneVision-Encoder-Base/`` and returns that directory in a list.
+def make(out_root: pathlib.Path, layer_norm_type: str = "layer_norm") -> list[pathlib.Path]:
+    """Writes ``out_root/OneVision-Encoder-Base/`` (``OneVision-Encoder-RMSNorm/`` for ``rms_norm``) and returns
+    that directory in a list.
 
     Re-running replaces an earlier stand-in; a directory whose ``config.json`` lacks the stand-in marker
     (a real checkpoint, or anything else) is never touched.
@@ -50,7 +54,8 @@ def make(out_root: pathlib.Path) -> list[pathlib.Path]:
         FileExistsError: If the target exists and is not a tiny stand-in.
     """
     out_root = pathlib.Path(out_root)
-    target = out_root / DIR_NAME
+    dir_name = RMS_DIR_NAME if layer_norm_type == "rms_norm" else DIR_NAME
+    target = out_root / dir_name
     if target.exists() and not _is_stand_in(target):
         raise FileExistsError(
             f"{target} exists and is not a tiny stand-in (its config.json has no '{MARKER}' marker); "
@@ -58,14 +63,14 @@ def make(out_root: pathlib.Path) -> list[pathlib.Path]:
         )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
-        model = OneVisionViTModel(tiny_config())
+        model = OneVisionViTModel(tiny_config(layer_norm_type))
         # Fresh norms are exactly ones/zeros; perturb them so a mis-mapped norm changes outputs.
         with torch.no_grad():
             for name, param in model.named_parameters():
                 if "norm" in name:
                     param.add_(0.1 * torch.randn_like(param))
     out_root.mkdir(parents=True, exist_ok=True)
-    tmp = out_root / (DIR_NAME + ".tmp")
+    tmp = out_root / (dir_name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     if target.exists():
