@@ -114,11 +114,19 @@ def alive(pid: int) -> bool:
         return False
 
 
-def started(out: Path, key: str, proc: subprocess.Popen) -> bool:
-    """Whether a DataLoader worker of the job ``proc`` has started ``key`` (per the job's attempt log)."""
-    workers = set(worker_pids(proc.pid))
+def starts(out: Path, key: str) -> list[dict]:
     rows = layout.read_jsonl_rows(out / layout.ATTEMPTS_DIR / "rank-0.jsonl")
-    return any(r["key"] == key and r["event"] == "start" and r["pid"] in workers for r in rows)
+    return [r for r in rows if r["key"] == key and r["event"] == "start"]
+
+
+def started(out: Path, key: str, proc: subprocess.Popen, before: int = 0) -> bool:
+    """Whether a DataLoader worker of the job ``proc`` has started ``key`` (per the job's attempt log).
+
+    ``before``: start rows of ``key`` logged before ``proc`` began (attempt logs without a pid, as earlier
+    versions wrote them, are told apart by count).
+    """
+    workers, rows = set(worker_pids(proc.pid)), starts(out, key)
+    return any(r.get("pid") in workers for r in rows) or (all("pid" not in r for r in rows) and len(rows) > before)
 
 
 def failure_rows(out: Path) -> list[tuple[str, str]]:
@@ -136,8 +144,9 @@ def test_worker_dying_on_a_sample_is_failed_after_max_attempts(tiny_models: Path
     extra = ("--data.num_workers", "1", "--data.order", "manifest", "--data.decode_timeout_s", "600",
              "--writer.max_attempts", "2")  # fmt: skip
     for _ in range(2):
+        before = len(starts(out, "stuck_mp4"))
         proc = start_predict(tiny_models, manifest, out, *extra)
-        assert wait_until(lambda p=proc: started(out, "stuck_mp4", p), proc), proc.stderr.read().decode()
+        assert wait_until(lambda p=proc, b=before: started(out, "stuck_mp4", p, b), proc), proc.stderr.read().decode()
         time.sleep(0.5)
         (worker,) = worker_pids(proc.pid)
         decoders = [pid for pid, cmdline in children(worker) if b"decode_worker" in cmdline]
@@ -172,8 +181,9 @@ def test_interrupting_the_job_is_not_a_crash_of_its_samples(tiny_models: Path, m
     out = tmp_path / "store"
     extra = ("--data.num_workers", "1", "--data.order", "manifest", "--data.decode_timeout_s", "600")
     for how in (signal.SIGKILL, signal.SIGINT, signal.SIGTERM):
+        before = len(starts(out, "slow_mp4"))
         proc = start_predict(tiny_models, manifest, out, *extra)
-        assert wait_until(lambda p=proc: started(out, "slow_mp4", p), proc), proc.stderr.read().decode()
+        assert wait_until(lambda p=proc, b=before: started(out, "slow_mp4", p, b), proc), proc.stderr.read().decode()
         time.sleep(0.5)
         group = [pid for pid, _ in children(proc.pid)] + [pid for w in worker_pids(proc.pid) for pid, _ in children(w)]
         os.killpg(proc.pid, how)

@@ -46,14 +46,16 @@ def test_a_second_job_on_a_store_is_refused_and_touches_nothing(tiny_models: Pat
     extra = ("--data.num_workers", "1", "--data.order", "manifest", "--data.decode_timeout_s", "600")
     first = start_predict(tiny_models, manifest, out, *extra)
     try:
-        assert wait_until(lambda: started(out, "wait_mp4", first), first), first.stderr.read().decode()
+        assert wait_until(lambda: started(out, "wait_mp4", first), first), (
+            first.stderr.read().decode()
+        )  # holds the lock
         in_flight = out / layout.TMP_DIR / "rank-0" / ".x.safetensors.1.0badc0de.tmp"
         in_flight.parent.mkdir(parents=True, exist_ok=True)
         in_flight.write_bytes(b"what a live job is writing")
         second = run_cli(
             ["predict", "--config", CONFIG, "--model.model_path", str(tiny_models / "siglip-so400m-patch14-384"),
              "--data.manifest", str(manifest), "--writer.output_dir", str(out), *extra],
-            check=False,
+            check=False, timeout=120,
         )  # fmt: skip
         lines = [line for line in second.stderr.splitlines() if line.startswith("lit_features: error:")]
         assert second.returncode == 2 and len(lines) == 1, second.stderr[-3000:]

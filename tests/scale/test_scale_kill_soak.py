@@ -50,6 +50,14 @@ def plan(rng: random.Random) -> list[str]:
     return [*early, "merge"]
 
 
+def kill_group(group: int) -> None:
+    for how in (signal.SIGKILL, signal.SIGCONT):
+        try:
+            os.killpg(group, how)
+        except ProcessLookupError:
+            return
+
+
 def kill_mid_merge(proc: subprocess.Popen, out: Path, rng: random.Random) -> bool:
     """Step the stopped job a few milliseconds at a time until a merge file is half written, then kill it.
 
@@ -57,12 +65,14 @@ def kill_mid_merge(proc: subprocess.Popen, out: Path, rng: random.Random) -> boo
     """
     group = proc.pid
     while True:
-        os.killpg(group, signal.SIGCONT)
-        time.sleep(rng.uniform(0.0005, 0.003))
-        os.killpg(group, signal.SIGSTOP)
-        if merge_temporaries(out):
-            os.killpg(group, signal.SIGKILL)
+        try:
             os.killpg(group, signal.SIGCONT)
+            time.sleep(rng.uniform(0.0005, 0.003))
+            os.killpg(group, signal.SIGSTOP)
+        except ProcessLookupError:  # every process of the job has ended
+            return False
+        if merge_temporaries(out):
+            kill_group(group)
             return True
         if proc.poll() is not None:
             return False
@@ -108,8 +118,7 @@ def test_kill_9_of_a_ddp_run_at_random_moments_then_resume_on_one_process(tiny_m
                     time.sleep(0.01)
                 os.killpg(proc.pid, signal.SIGSTOP)
                 caught_merge = kill_mid_merge(proc, out, rng)
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+            kill_group(proc.pid)  # also when the main process ended first: a stopped rank 1 may be left
             proc.wait()
             log.close()
             seen.append((kind, done_before, len(index_keys(out))))
