@@ -195,6 +195,14 @@ def remove_temp_files(folder: Path, final_names: Iterable[str] | None = None) ->
     return removed
 
 
+def remove_temp_files_of(finals: Iterable[Path]) -> int:
+    """Delete :func:`atomic_write` leftovers of the files ``finals`` (one listing per folder)."""
+    names: dict[Path, set[str]] = {}
+    for final in finals:
+        names.setdefault(final.parent, set()).add(final.name)
+    return sum(remove_temp_files(folder, wanted) for folder, wanted in names.items())
+
+
 def refuse_symlinks(root: Path) -> None:
     """A store's own files and folders are never symbolic links: cleaning ``.tmp`` or appending to the index
     would otherwise act on whatever the link points at."""

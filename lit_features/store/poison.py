@@ -89,3 +89,32 @@ def crash_rows(root: Path) -> dict[str, list[dict[str, Any]]]:
         for row in layout.read_jsonl_rows(path):
             out[row["key"]].append(row)
     return dict(out)
+
+
+def record_worker_death(
+    error: BaseException, attempts: Path, crash_logs: list[Path], job_stopping: bool, rank: int
+) -> tuple[dict[str, str | None], str]:
+    """Count a crash against the samples a dead DataLoader worker held, unless the job itself was being stopped.
+
+    Args:
+        error: what ended the run.
+        attempts: this rank's attempt log.
+        crash_logs: this rank's crash log of every store of the run (a sample is poison for all of them).
+        job_stopping: the job received SIGTERM (its workers die of it too).
+        rank: this process's rank.
+
+    Returns:
+        The samples counted (key -> source) and why the worker died; nothing when the death says nothing
+        about them.
+    """
+    death = worker_death(error)
+    if death is None or isinstance(error, KeyboardInterrupt):
+        return {}, ""
+    pids, reason = death
+    if job_stopping or stopped_from_outside(reason):
+        return {}, reason
+    samples = in_flight(attempts, pids)
+    if samples:
+        for path in crash_logs:
+            record_crashes(path, samples, reason, rank)
+    return samples, reason

@@ -9,6 +9,7 @@ and ``identity()``), so any way of distributing work can reuse them:
   text/reference inputs; a stored key made from another input is an error, never a skip.
 - :func:`row_problem`: a done row's files still exist with the recorded size (a ``stat``, no reading).
 - :func:`is_transient_failure`: write errors and out-of-memory are retried by the next run without a flag.
+- :func:`adoptable_rows`: complete files already at their destination (``skip_existing``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from lit_features.errors import UserError
 from lit_features.store import layout
+from lit_features.store.codecs import EXTENSIONS, probe
 
 DEFAULT_TEMPLATE = "{shard}/{key}{ext}"
 
@@ -156,3 +158,30 @@ def is_transient_failure(row: Mapping[str, Any]) -> bool:
     return row.get("stage") == "model" and (
         "outofmemoryerror" in text or "out of memory" in text or "can't allocate memory" in text
     )
+
+
+def adoptable_rows(root: Path, template: str, codec: str, samples: Iterable[Any]) -> list[dict[str, Any]]:
+    """Index rows for ``samples`` whose file is already complete at its destination (made by another tool).
+
+    A file counts only when its headers say it is whole (see :func:`lit_features.store.codecs.probe`).
+    """
+    rows = []
+    for sample in samples:
+        path = layout.resolve_sample_path(root, template, sample.key, sample.source, EXTENSIONS[codec])
+        found = probe(path, codec)
+        if found is None:
+            continue
+        inside = path.resolve().is_relative_to(root.resolve())
+        rows.append(
+            {
+                "key": sample.key,
+                "file": str(path.relative_to(root)) if inside else str(path),
+                "source": sample.source,
+                "shapes": {k: shape for k, (shape, _) in found.items()},
+                "dtypes": {k: dtype for k, (_, dtype) in found.items()},
+                "bytes": path.stat().st_size,
+                "meta": {},
+                "adopted": True,
+            }
+        )
+    return rows

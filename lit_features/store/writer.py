@@ -18,7 +18,6 @@ import logging
 import shutil
 import signal
 import time
-from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -29,7 +28,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lit_features.errors import UserError
 from lit_features.records import Failure, PredictionOutput
 from lit_features.store import layout
-from lit_features.store.codecs import EXTENSIONS, probe
+from lit_features.store.codecs import EXTENSIONS
 from lit_features.store.lock import StoreLock, StoreNotWritableError
 from lit_features.store.merge import (
     export_entries_jsonl,
@@ -38,8 +37,9 @@ from lit_features.store.merge import (
     merge_store_logs,
     reduce_run_summaries,
 )
-from lit_features.store.poison import in_flight, record_crashes, stopped_from_outside, worker_death
-from lit_features.store.resume import check_distinct_paths, check_same_inputs
+from lit_features.store.opening import open_stores
+from lit_features.store.poison import record_worker_death
+from lit_features.store.resume import adoptable_rows
 from lit_features.store.sample_writer import SampleWriter, StoreWriteError
 from lit_features.store.shared import StoreNotSharedError, check_shared_store
 from lit_features.store.state import StoreMismatchError, StoreState
@@ -224,60 +224,14 @@ class FeatureWriter(BasePredictionWriter):
         }
 
     def _open_on_rank_zero(self, samples: Sequence[Any] | None) -> dict[str, list[str]]:
-        """Refuse, lock, load, verify and prepare (in that order: a refused run changes nothing stored).
-
-        Returns the keys per store whose index rows lie (file missing or of another size).
-        """
-        for store in self.stores.values():
-            store.check(self.overwrite, self.accept_weights)
-            if samples:
-                check_distinct_paths(store.root, self.path_template, self.ext, list(samples))
-        self._lock = StoreLock(self.output_dir)
-        try:
-            self._lock.acquire()
-        except StoreNotWritableError as err:
-            if self.overwrite:
-                raise
-            self._lock, self.read_only = None, str(err)
-        keys = [s.key for s in samples] if samples else None
-        invalid = {}
-        for name, store in self.stores.items():
-            if self.overwrite:
-                store.prepare(overwrite=True)
-                store.load(rows=True)
-                continue
-            store.load(rows=True)
-            if samples:
-                if "{key}" not in self.path_template:
-                    check_distinct_paths(store.root, self.path_template, self.ext, list(samples), store.done)
-                check_same_inputs(store.root, store.done, samples)
-            problems = store.unverified(keys)
-            if problems:
-                key, why = next(iter(problems.items()))
-                log.warning(
-                    "%s: %d stored samples are recomputed: their file is missing or has another size (e.g. %s: %s)",
-                    store.root, len(problems), key, why,
-                )  # fmt: skip
-            store.forget(problems)
-            invalid[name] = sorted(problems)
-            if self.read_only is None:
-                store.prepare(overwrite=False)
+        """Refuse, lock, verify and prepare (see :func:`open_stores`); returns the keys whose rows lie."""
+        opened = open_stores(
+            self.output_dir, self.stores, self.path_template, self.codec, samples, self.overwrite, self.accept_weights
+        )
+        self._lock, self.read_only = opened.lock, opened.read_only
         if self.read_only is None:
             shutil.rmtree(self._summary_dir(), ignore_errors=True)  # per-rank summaries of this run only
-            if samples and layout.writes_beside_sources(self.path_template):
-                self._remove_temp_files_beside_sources(samples)
-        return invalid
-
-    def _remove_temp_files_beside_sources(self, samples: Sequence[Any]) -> None:
-        """Temporary files a killed job left next to the sources (we hold the lock: no live job owns them)."""
-        names: dict[Path, set[str]] = defaultdict(set)
-        for store in self.stores.values():
-            for s in samples:
-                path = layout.resolve_sample_path(store.root, self.path_template, s.key, s.source, self.ext)
-                names[path.parent].add(path.name)
-        removed = sum(layout.remove_temp_files(folder, wanted) for folder, wanted in names.items())
-        if removed:
-            log.info("removed %d temporary files a killed job left beside the sources", removed)
+        return opened.invalid
 
     def _input_identity(self, key: str) -> dict[str, Any] | None:
         sample = self._by_key.get(key)
@@ -333,25 +287,7 @@ class FeatureWriter(BasePredictionWriter):
 
     def _adopt_existing(self, name: str, store: StoreState, samples: Sequence[Any]) -> set[str]:
         """Keys of ``samples`` whose file is already complete at its destination; rank 0 indexes them."""
-        rows = []
-        for sample in samples:
-            path = layout.resolve_sample_path(store.root, self.path_template, sample.key, sample.source, self.ext)
-            found = probe(path, self.codec)
-            if found is None:
-                continue
-            inside = path.resolve().is_relative_to(store.root.resolve())
-            rows.append(
-                {
-                    "key": sample.key,
-                    "file": str(path.relative_to(store.root)) if inside else str(path),
-                    "source": sample.source,
-                    "shapes": {k: shape for k, (shape, _) in found.items()},
-                    "dtypes": {k: dtype for k, (_, dtype) in found.items()},
-                    "bytes": path.stat().st_size,
-                    "meta": {},
-                    "adopted": True,
-                }
-            )
+        rows = adoptable_rows(store.root, self.path_template, self.codec, samples)
         keys = {r["key"] for r in rows}
         store.done.update((k, None) for k in keys)
         if rows and self.rank == 0 and self._writer is not None:  # every rank finds the same files; one records
@@ -480,25 +416,18 @@ class FeatureWriter(BasePredictionWriter):
 
     def _note_worker_death(self, trainer: pl.Trainer, exception: BaseException) -> None:
         """Count a crash for the samples a dead DataLoader worker was preparing, if the job itself was not stopped."""
-        death = worker_death(exception)
         attempts = self.attempt_log_path()
-        if death is None or attempts is None or isinstance(exception, KeyboardInterrupt):
+        if attempts is None:
             return
-        pids, reason = death
-        if stopped_from_outside(reason) or getattr(trainer, "received_sigterm", False):
-            return  # the job was being stopped: that says nothing about the samples in flight
-        samples = in_flight(Path(attempts), pids)
-        if not samples:
-            return
-        for store in self.stores.values():
-            record_crashes(layout.rank_file(store.root, layout.CRASHES_DIR, self.rank), samples, reason, self.rank)
+        logs = [layout.rank_file(store.root, layout.CRASHES_DIR, self.rank) for store in self.stores.values()]
+        stopping = bool(getattr(trainer, "received_sigterm", False))
+        samples, reason = record_worker_death(exception, Path(attempts), logs, stopping, self.rank)
         first = next(iter(self.stores.values()))
         for key, source in samples.items():
-            n = len(first.crashes.get(key, [])) + 1
             log.error(
                 "a DataLoader worker %s while preparing %s (%s): crash %d of %d allowed for this sample; after that "
                 "it is recorded as RepeatedWorkerCrash and skipped. Rerun to continue.",
-                reason, key, source, n, self.max_attempts,
+                reason, key, source, len(first.crashes.get(key, [])) + 1, self.max_attempts,
             )  # fmt: skip
 
     def _release_lock(self) -> None:
