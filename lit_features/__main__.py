@@ -3,16 +3,22 @@
 ``fit``, ``validate``, ``test`` and ``predict`` go through LightningCLI (YAML configs, ``--print_config``).
 ``verify``, ``export-npz``, ``export-motion``, ``filter``, ``inspect`` and ``list`` are plain typed functions that
 never load a model.
+
+Errors a user caused (:class:`~lit_features.errors.UserError`, wherever raised, also when a library wrapped
+it) are printed as one line, ``lit_features: error: <message>``, with exit status 2; ``--debug`` anywhere on
+the command line (or ``LIT_FEATURES_DEBUG=1``) keeps the traceback and shows every log line. Any other
+exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 import sys
 
-from lit_features.errors import UserError
+from lit_features import child_ranks
+from lit_features.errors import CommandLineError, describe_parse_error, find_user_error, one_line
+from lit_features.logs import quiet_library_loggers, rank_label, setup_logging
 
 PLAIN_COMMANDS = {
     "verify": "lit_features.commands.verify:verify",
@@ -22,6 +28,20 @@ PLAIN_COMMANDS = {
     "inspect": "lit_features.commands.inspect:inspect_store",
     "list": "lit_features.commands.listing:list_extractors",
 }
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+USAGE = (
+    "usage: python -m lit_features <command> [options]   (python -m lit_features <command> --help)\n"
+    "  predict         extract features into a store (--config configs/<job>.yaml)\n"
+    "  fit             train a model on stored features (--config configs/motion_ae.yaml)\n"
+    "  validate, test  evaluate a trained model\n"
+    "  inspect         summarise a feature store\n"
+    "  verify          compare two feature sets\n"
+    "  export-npz      write a store as upstream .npz files\n"
+    "  export-motion   convert a motion autoencoder checkpoint to upstream's layout\n"
+    "  filter          select training clips (FlashI2V rules)\n"
+    "  list            the registered extractors\n"
+    "  --debug         (anywhere) keep tracebacks and show every log line"
+)
 
 
 def _load(target: str):
@@ -43,11 +63,12 @@ def expand_bare_flags(function, args: list[str]) -> list[str]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run one command; a :class:`UserError` becomes one line on stderr and exit status 2.
+def debug_enabled() -> bool:
+    return os.environ.get("LIT_FEATURES_DEBUG", "") not in ("", "0")
 
-    ``--debug`` (anywhere on the command line) or ``LIT_FEATURES_DEBUG=1`` keeps the traceback instead.
-    """
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; a :class:`~lit_features.errors.UserError` becomes one line on stderr and exit status 2."""
     from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--debug" in argv:
@@ -55,33 +76,59 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["LIT_FEATURES_DEBUG"] = "1"  # inherited by the processes DDP launches for the other ranks
         if from_command_line:
             sys.argv = [sys.argv[0], *argv]  # LightningCLI and DDP's relaunch read sys.argv
+    setup_logging(debug_enabled(), import_lightning=False)  # imported only by the commands that need it
     try:
         return _dispatch(argv, from_command_line)
-    except UserError as err:
-        if os.environ.get("LIT_FEATURES_DEBUG", "") not in ("", "0"):
+    except Exception as err:
+        user_error = find_user_error(err)
+        handed = child_ranks.launched_rank_error() if user_error is None else None
+        if (user_error is None and handed is None) or debug_enabled():
+            child_ranks.stop_launched_ranks()
             raise
-        print(f"lit_features: error: {err}", file=sys.stderr)
+        if handed is not None:  # this rank only failed because that one was gone
+            line = handed
+        else:
+            rank = rank_label()
+            line = f"lit_features: error: {'[' + rank + '] ' if rank else ''}{one_line(user_error)}"
+        child_ranks.report(line)
+        child_ranks.stop_launched_ranks()
         return 2
 
 
 def _dispatch(argv: list[str], from_command_line: bool) -> int:
     """Run a plain command or the LightningCLI; returns the process exit code."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("lit_features").setLevel(logging.INFO)
-    if argv and argv[0] in PLAIN_COMMANDS:
-        from jsonargparse import CLI
-
-        try:
-            function = _load(PLAIN_COMMANDS[argv[0]])
-        except ModuleNotFoundError as err:
-            print(f"lit_features {argv[0]}: not available ({err})", file=sys.stderr)
-            return 2
-        result = CLI(function, args=expand_bare_flags(function, argv[1:]), as_positional=True)
-        return result if isinstance(result, int) else 0
+    commands = ", ".join([*LIGHTNING_COMMANDS, *PLAIN_COMMANDS])
+    if not argv:
+        raise CommandLineError(f"give a command: {commands} (python -m lit_features --help)")
+    if argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    if argv[0] in PLAIN_COMMANDS:
+        return _run_plain(argv[0], argv[1:])
+    if not argv[0].startswith("-") and argv[0] not in LIGHTNING_COMMANDS:
+        raise CommandLineError(f"unknown command {argv[0]!r}; choose one of {commands}")
     from lit_features.cli import run_cli
 
+    quiet_library_loggers()
     run_cli(None if from_command_line else argv)  # LightningCLI reads sys.argv itself when run from a shell
     return 0
+
+
+def _run_plain(name: str, args: list[str]) -> int:
+    from jsonargparse import CLI, ArgumentError
+
+    try:
+        function = _load(PLAIN_COMMANDS[name])
+    except ModuleNotFoundError as err:
+        if (err.name or "").startswith("lit_features"):
+            raise
+        raise CommandLineError(f"{name} is not available here ({err}); install lit_features' optional extras") from err
+    quiet_library_loggers()
+    try:
+        result = CLI(function, args=expand_bare_flags(function, args), as_positional=True, exit_on_error=False)
+    except ArgumentError as err:
+        raise CommandLineError(describe_parse_error(str(err), f"python -m lit_features {name} --help")) from err
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

@@ -1,39 +1,60 @@
-"""Lightning's TQDM progress bar, showing samples/s and failures during predict (batches/s says little)."""
+"""Progress bars for long steps outside ``predict`` (the predict bar is in :mod:`lit_features.predict_report`).
+
+:func:`progress` is the one helper for any long loop (reading a big manifest, filtering millions of rows,
+checking or exporting a store). It is ``tqdm`` with the house settings: counts, rate and ETA on stderr; shown
+only when the step takes longer than ``delay`` seconds (small inputs print nothing); on rank 0 only; updated
+at most every 10 s when stderr is not a terminal (log files stay short); ``TQDM_DISABLE=1`` hides every bar::
+
+    for row in progress(rows, desc="filter", unit="rows"):
+        ...
+    with progress(total=len(keys), desc="export", unit="samples") as bar:
+        for chunk in chunks:
+            bar.update(len(chunk))
+"""
 
 from __future__ import annotations
 
-import time
+import sys
+from collections.abc import Iterable
 from typing import Any
 
-import lightning.pytorch as pl
-from lightning.pytorch.callbacks import TQDMProgressBar
+from tqdm import tqdm
+
+from lit_features.logs import is_rank_zero_process
 
 
-class SampleRateProgressBar(TQDMProgressBar):
-    """Adds ``samples/s`` and ``failed`` to the predict bar (written + failed samples per second of wall time)."""
+def progress(
+    iterable: Iterable[Any] | None = None,
+    *,
+    desc: str,
+    total: float | None = None,
+    unit: str = "it",
+    unit_scale: bool = False,
+    delay: float = 1.0,
+) -> tqdm:
+    """A progress bar over ``iterable`` (or, without one, updated by hand with ``bar.update(n)``).
 
-    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_predict_start(trainer, pl_module)
-        self._samples = 0
-        self._failed = 0
-        self._started = time.monotonic()
-
-    def on_predict_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        records = getattr(outputs, "records", None)
-        failures = getattr(outputs, "failures", None)
-        if records is not None and failures is not None:
-            self._samples += len(records) + len(failures)
-            self._failed += len(failures)
-        super().on_predict_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
-        bar = self.predict_progress_bar
-        if bar is not None:
-            elapsed = max(time.monotonic() - self._started, 1e-9)
-            bar.set_postfix({"samples/s": f"{self._samples / elapsed:.2f}", "failed": self._failed}, refresh=False)
+    Args:
+        iterable: what the step loops over; ``len()`` gives the total when it has one.
+        desc: what the step does, e.g. ``"reading data.json"``.
+        total: the count to reach when ``iterable`` has no length (``None``: counts and rate, no ETA).
+        unit: what is counted (``"entries"``, ``"rows"``, ``"samples"``, ``"B"``).
+        unit_scale: print large counts as 1.2M (use with ``unit="B"`` for bytes).
+        delay: seconds before the bar appears; a faster step shows nothing.
+    """
+    options: dict[str, Any] = {}
+    if not is_rank_zero_process():
+        options["disable"] = True  # rank 0 speaks for the run
+    interactive = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+    return tqdm(
+        iterable,
+        desc=desc,
+        total=total,
+        unit=unit,
+        unit_scale=unit_scale,
+        delay=delay,
+        mininterval=0.1 if interactive else 10.0,
+        file=sys.stderr,
+        dynamic_ncols=interactive,
+        **options,
+    )

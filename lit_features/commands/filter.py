@@ -30,7 +30,6 @@ import json as jsonlib
 import math
 import os
 import pickle
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,8 @@ import numpy as np
 
 from lit_features.data.manifest import ManifestError
 from lit_features.data.sampling import fps_interval
+from lit_features.errors import ConfigError, UserError
+from lit_features.progress import progress
 
 RULES = (
     "no_cap",
@@ -51,6 +52,10 @@ RULES = (
     "too_short",
 )
 DEFAULT_FPS = 24
+
+
+class PickleRefusedError(UserError, PermissionError):
+    """An LMDB of pickled rows was given without ``--allow_pickle true``."""
 
 
 def _number(value: Any) -> bool:
@@ -152,7 +157,7 @@ def read_ann_list(ann_txt_path: str, absolute_paths: bool = True) -> list[tuple[
             raise ManifestError(meta, f"invalid JSON at line {err.lineno}: {err.msg}") from None
         if not isinstance(data, list):
             raise ManifestError(meta, f"expected a JSON list of rows, got {type(data).__name__}")
-        for index, row in enumerate(data):
+        for index, row in enumerate(progress(data, desc=f"reading {meta.name}", unit="rows")):
             if not isinstance(row, dict):
                 raise ManifestError(meta, f"expected an object, got {type(row).__name__}", index)
             if not isinstance(row.get("path"), str) or not row["path"]:
@@ -177,14 +182,14 @@ def read_lmdb_rows(path: str, allow_pickle: bool = False) -> list[dict[str, Any]
     read with an unpickler that accepts plain data only.
     """
     if not allow_pickle:
-        raise PermissionError(
+        raise PickleRefusedError(
             f"{path}: LMDB values are Python pickles, which can run arbitrary code when loaded. Pass "
             "--allow_pickle true (allow_pickle=True) only for a file you trust; plain data rows only are accepted."
         )
     import lmdb
 
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path}: not an LMDB folder")
+        raise ManifestError(path, "not an LMDB folder (give the folder a filter run wrote with --lmdb true)")
     env = lmdb.open(path, readonly=True, lock=False, readahead=False, subdir=True)
     try:
         with env.begin() as txn:
@@ -193,9 +198,9 @@ def read_lmdb_rows(path: str, allow_pickle: bool = False) -> list[dict[str, Any]
                 try:
                     row = _PlainDataUnpickler(io.BytesIO(value)).load()
                 except pickle.UnpicklingError as err:
-                    raise ValueError(f"{path}, key {key.decode()}: {err}") from None
+                    raise ManifestError(path, f"key {key.decode()}: {err}") from None
                 if not isinstance(row, dict):
-                    raise ValueError(f"{path}, key {key.decode()}: expected a dict row, got {type(row).__name__}")
+                    raise ManifestError(path, f"key {key.decode()}: expected a dict row, got {type(row).__name__}")
                 rows.append(row)
             return rows
     finally:
@@ -273,14 +278,11 @@ def filter_clips(
         json: print the summary as one JSON object.
 
     Returns:
-        0 on success; 2 after printing what is wrong with the input (list, meta JSON, row or LMDB).
+        0 on success. What is wrong with an input (list, meta JSON, row, LMDB, option) raises a
+        :class:`~lit_features.errors.UserError` naming it (the command line prints it and exits 2).
     """
-    try:
-        # locals() holds exactly the parameters here: pass all but the printing switch on.
-        summary = run_filter(**{k: v for k, v in locals().items() if k != "json"})
-    except (ManifestError, PermissionError, FileNotFoundError, ValueError) as err:
-        print(f"lit_features filter: {err}", file=sys.stderr)
-        return 2
+    # locals() holds exactly the parameters here: pass all but the printing switch on.
+    summary = run_filter(**{k: v for k, v in locals().items() if k != "json"})
     if json:
         print(jsonlib.dumps(summary))
         return 0
@@ -315,9 +317,9 @@ def run_filter(
 ) -> dict[str, Any]:
     """:func:`filter_clips` without the printing: returns the summary (counts per rule, output paths)."""
     if (ann_txt_path is None) == (from_lmdb is None):
-        raise ValueError("give exactly one input: ann_txt_path (a <root>,<json> list) or from_lmdb")
+        raise ConfigError("give exactly one input: ann_txt_path (a <root>,<json> list) or from_lmdb")
     if train_fps is None and sample_stride is None:
-        raise ValueError("give train_fps or sample_stride")
+        raise ConfigError("give train_fps or sample_stride")
     if from_lmdb is not None:
         rows = [(row, f"{from_lmdb}, key {i:012d}") for i, row in enumerate(read_lmdb_rows(from_lmdb, allow_pickle))]
     else:
@@ -337,7 +339,7 @@ def run_filter(
     )
     dropped: Counter[str] = Counter()
     kept = []
-    for row, where in rows:
+    for row, where in progress(rows, desc="filter", unit="rows"):
         try:
             reason = drop_reason(row, **settings)
         except ValueError as err:

@@ -256,16 +256,15 @@ def write_histogram(path: str, cosines: dict[str, Any], threshold: float) -> Non
     Agreeing features pile up within 1e-4 of 1, where a linear cosine axis shows one bar; the log distance
     axis spreads them out and still shows the threshold.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display on servers
-    import matplotlib.pyplot as plt
+    # A Figure without pyplot: no GUI backend is needed, and a notebook calling this keeps its own backend.
+    from matplotlib.figure import Figure
 
     values = np.concatenate(list(cosines.values())) if cosines else np.zeros(0, np.float32)
     values = values[np.isfinite(values)].astype(np.float64)
     floor = 1e-12  # identical tokens (distance 0) land in the first bin
     limit = 1.0 - threshold
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     if values.size:
         distance = np.clip(1.0 - values, floor, None)
         low = math.floor(math.log10(distance.min()))
@@ -285,7 +284,6 @@ def write_histogram(path: str, cosines: dict[str, Any], threshold: float) -> Non
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def verify(
@@ -309,7 +307,7 @@ def verify(
         a, b = open_side(store_a), open_side(store_b)
         metadata = seed_metadata(store_a, store_b)
     except VerifyInputError as err:
-        print(f"lit_features verify: {err}", file=sys.stderr)
+        print(f"lit_features: error: {err}", file=sys.stderr)  # the command line's form of a user error
         return 2
     if not json:
         print("=" * 80 + "\nFeature verification\n" + "=" * 80)

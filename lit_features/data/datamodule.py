@@ -248,7 +248,7 @@ class ManifestDataModule(pl.LightningDataModule):
         self.dataset = self.build_dataset(preprocessor, skip, attempt_log)
         if self.trainer is None or self.trainer.global_rank == 0:
             total = len(self.samples or [])
-            log.info(
+            log.debug(  # the run's first line says it (lit_features.predict_report)
                 "%d samples in the manifest, %d already done or settled in the store, %d to process",
                 total,
                 total - len(self.dataset),

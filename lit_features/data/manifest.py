@@ -22,6 +22,7 @@ from typing import Any
 
 from lit_features.data.keys import assign_keys, selector_suffix, short_hash
 from lit_features.errors import UserError
+from lit_features.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +191,8 @@ def _entries_from_list(data: Any, file: Path, root: Path) -> list[_RawEntry]:
         data = [{**entry, "key": str(key)} for key, entry in data.items()]
     if not isinstance(data, list):
         raise ManifestError(file, f"expected a JSON list of entries, got {type(data).__name__}")
-    return [_RawEntry(validate_entry(e, file, i), root, file, i) for i, e in enumerate(data)]
+    entries = progress(data, desc=f"checking {file.name}", unit="entries")
+    return [_RawEntry(validate_entry(e, file, i), root, file, i) for i, e in enumerate(entries)]
 
 
 def read_json_list(file: Path, root: Path | None = None) -> list[_RawEntry]:
@@ -200,7 +202,7 @@ def read_json_list(file: Path, root: Path | None = None) -> list[_RawEntry]:
 def read_jsonl(file: Path, root: Path | None = None) -> list[_RawEntry]:
     out = []
     with open(file, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+        for lineno, line in enumerate(progress(fh, desc=f"reading {file.name}", unit="lines"), start=1):
             if not line.strip():
                 continue
             try:
@@ -243,7 +245,7 @@ def read_csv(file: Path, root: Path | None = None) -> list[_RawEntry]:
             )
         cap_col = next((c for c in CSV_CAPTION_COLUMNS if c in columns), None)
         out = []
-        for i, row in enumerate(reader, start=2):
+        for i, row in enumerate(progress(reader, desc=f"reading {file.name}", unit="rows"), start=2):
             entry: dict[str, Any] = {k: v for k, v in row.items() if k not in (path_col, cap_col)}
             entry["path"] = row[path_col]
             if cap_col is not None:
@@ -355,7 +357,7 @@ def build_samples(raw: Iterable[_RawEntry], media_field: str = "path") -> list[S
     """
     raw = list(raw)
     idents, rels = [], []
-    for r in raw:
+    for r in progress(raw, desc="assigning keys", unit="samples"):
         rel = r.entry.get(media_field)
         suffix = selector_suffix(r.entry.get("cut"))
         explicit = r.entry.get("key", r.entry.get("id"))
@@ -399,8 +401,8 @@ def read_manifests(
     raw: list[_RawEntry] = []
     for m in manifests:
         entries = read_manifest_entries(m, root)
-        if not entries:
+        if not entries:  # each one: a wrong file among several must not pass unnoticed
             what = "no video or image files below this folder" if Path(m).is_dir() else "no entries"
-            raise ManifestError(m, f"{what}; a manifest lists at least one sample")
+            raise ManifestError(m, f"{what} (the manifest is empty); a manifest lists at least one sample")
         raw.extend(entries)
     return build_samples(raw)

@@ -17,12 +17,12 @@ from lit_features.store.codecs import decode
 from lit_features.store.resume import row_files, row_problem
 
 
-class NotAStoreError(UserError, FileNotFoundError):
-    """The folder has no ``store.json``: it is not a feature store."""
-
-
 class StoreReadError(UserError, OSError):
     """A stored sample cannot be read; the message names the store, the key and the file."""
+
+
+class NotAFeatureStoreError(UserError, FileNotFoundError):
+    """A path given as a feature store is missing or holds no ``store.json``."""
 
 
 class FeatureStore:
@@ -36,7 +36,8 @@ class FeatureStore:
         self.root = Path(root)
         meta_path = self.root / layout.STORE_JSON
         if not meta_path.exists():
-            raise NotAStoreError(f"{self.root} is not a feature store (no {layout.STORE_JSON})")
+            what = "does not exist" if not self.root.exists() else f"is not a feature store (no {layout.STORE_JSON})"
+            raise NotAFeatureStoreError(f"{self.root} {what}; give the --writer.output_dir of a predict run")
         try:
             self.info: dict[str, Any] = json.loads(meta_path.read_text())
         except (OSError, ValueError) as err:

@@ -156,6 +156,7 @@ class FeatureWriter(BasePredictionWriter):
         self._set_up = False
         self._finished = False
         self._crashed = False
+        self.run_summary: dict[str, Any] = {}  # over all ranks, on rank 0 at the end of a run
 
     # -- set-up ------------------------------------------------------------------------------------------------
     def _store_root(self, name: str) -> Path:
@@ -204,6 +205,7 @@ class FeatureWriter(BasePredictionWriter):
             self.skip_keys(samples)
         self._started = time.monotonic()
         self._set_up, self._finished, self._crashed = True, False, False
+        self.run_summary = {}
 
     def _make_stores(self, pl_module: pl.LightningModule) -> dict[str, StoreState]:
         fingerprints = (
@@ -387,7 +389,8 @@ class FeatureWriter(BasePredictionWriter):
                     export_entries_jsonl(store.root, self.export_jsonl)
             layout.atomic_write_text(summary_dir.parent / layout.RUN_SUMMARY, json.dumps(run, indent=2))
             log_run_summary(trainer, run)
-            log.info(
+            self.run_summary = run  # the run's last log line says it (lit_features.predict_report)
+            log.debug(
                 "feature store %s: written %d, failed %d, skipped %d (already done), %.2f samples/s",
                 self.output_dir, run["written"], run["failed"], run["skipped"], run["samples_per_s"],
             )  # fmt: skip

@@ -21,11 +21,12 @@ from lit_features.data.datamodule import ManifestDataModule
 from lit_features.data.dataset import Prepared
 from lit_features.data.manifest import Sample
 from lit_features.data.preprocess import MediaLoader, Preprocessor
+from lit_features.errors import UserError
 from lit_features.store import layout
-from lit_features.store.reader import FeatureStore
+from lit_features.store.reader import FeatureStore, NotAFeatureStoreError
 
 
-class FeatureShapeError(ValueError):
+class FeatureShapeError(UserError, ValueError):
     """A stored feature does not have the rank or channel count a model expects; names the file."""
 
 
@@ -33,11 +34,11 @@ def open_feature_store(path: str | os.PathLike) -> FeatureStore:
     """Open a store, or explain which sub-stores a multi-model output folder holds."""
     root = Path(path)
     if not root.exists():
-        raise FileNotFoundError(f"feature store {str(root)!r} does not exist")
+        raise NotAFeatureStoreError(f"feature store {str(root)!r} does not exist")
     if not (root / layout.STORE_JSON).exists():
         subs = sorted(p.name for p in root.iterdir() if (p / layout.STORE_JSON).exists())
         if subs:
-            raise FileNotFoundError(
+            raise NotAFeatureStoreError(
                 f"{root} holds one feature store per model ({', '.join(subs)}), not one store; "
                 f"point at one of them, e.g. {root / subs[0]}"
             )
@@ -63,7 +64,8 @@ def check_feature_shape(shape: Sequence[int], input_dim: int | None, where: str,
     if input_dim is not None and shape[-1] != input_dim:
         raise FeatureShapeError(
             f"{where}: feature has shape {shape}; expected {expected} (input_dim={input_dim}). The features come "
-            f"from a model with C={shape[-1]}: set model input_dim to {shape[-1]} or use matching features"
+            f"from a model with C={shape[-1]}: set model input_dim to {shape[-1]} (or leave it out to take it "
+            "from the store), or use matching features"
         )
     if shape[0] < min_frames:
         raise FeatureShapeError(f"{where}: feature has shape {shape}; expected at least {min_frames} frames (T)")

@@ -21,6 +21,7 @@ import torch
 import torchmetrics
 from torch.utils.data import DataLoader, Dataset
 
+from lit_features.errors import ConfigError
 from lit_features.models.motion_autoencoder import (
     MotionAutoencoderConfig,
     MotionFeatureAutoencoder,
@@ -29,7 +30,7 @@ from lit_features.models.motion_autoencoder import (
 )
 from lit_features.models.weights import load_state_dict_strict
 from lit_features.store.reader import FeatureStore
-from lit_features.training.feature_data import check_feature_shape, open_feature_store, split_keys
+from lit_features.training.feature_data import FeatureShapeError, check_feature_shape, open_feature_store, split_keys
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,9 @@ class MotionAutoencoderModule(pl.LightningModule):
     """Trains a :class:`MotionFeatureAutoencoder` on ``[B, T, N, C]`` / ``[B, T, H, W, C]`` features.
 
     Args:
-        input_dim: channel count C of the features (768 for ViT-B features, 1024 for ViT-L).
+        input_dim: channel count C of the features (768 for ViT-B features, 1024 for ViT-L). ``None`` (the
+            default): taken from the data (:class:`MotionFeatureDataModule` reads it from the store), and the
+            network is built in :meth:`setup`; a given value that the stored features contradict is an error.
         model_dim: width of the temporal conv / transformer layers.
         latent_dim: channels per token of the latent (``input_dim / latent_dim`` is the compression ratio).
         num_heads: attention heads of the temporal transformers.
@@ -59,7 +62,7 @@ class MotionAutoencoderModule(pl.LightningModule):
 
     def __init__(
         self,
-        input_dim: int = 768,
+        input_dim: int | None = None,
         model_dim: int = 384,
         latent_dim: int = 192,
         num_heads: int = 8,
@@ -77,16 +80,9 @@ class MotionAutoencoderModule(pl.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.model = MotionFeatureAutoencoder(
-            input_dim=input_dim,
-            model_dim=model_dim,
-            latent_dim=latent_dim,
-            num_heads=num_heads,
-            num_layers=num_layers,
-            dropout=dropout,
-            use_token=use_token,
-            sequence_grouping=sequence_grouping,
-        )
+        self.model: MotionFeatureAutoencoder | None = None
+        if input_dim is not None:
+            self.model = self._build(input_dim)
         # MSE streams sums; cosine is a running mean of per-token values (torchmetrics' CosineSimilarity keeps
         # every prediction of the epoch in memory: millions of tokens x C for VFM features).
         # (ModuleDict keys cannot be "train": that name is nn.Module.train.)
@@ -99,10 +95,37 @@ class MotionAutoencoderModule(pl.LightningModule):
         self._epoch_loss: tuple[torch.Tensor | float, int] = (0.0, 0)
         self._latent_sample: torch.Tensor | None = None
 
+    def _build(self, input_dim: int) -> MotionFeatureAutoencoder:
+        h = self.hparams
+        return MotionFeatureAutoencoder(
+            input_dim=input_dim,
+            model_dim=h.model_dim,
+            latent_dim=h.latent_dim,
+            num_heads=h.num_heads,
+            num_layers=h.num_layers,
+            dropout=h.dropout,
+            use_token=h.use_token,
+            sequence_grouping=h.sequence_grouping,
+        )
+
     @property
-    def input_dim(self) -> int:
-        """Channel count the DataModule checks every stored feature against."""
-        return int(self.hparams.input_dim)
+    def input_dim(self) -> int | None:
+        """Channel count the DataModule checks every stored feature against (``None``: not given, any)."""
+        return None if self.hparams.input_dim is None else int(self.hparams.input_dim)
+
+    def setup(self, stage: str) -> None:
+        if self.model is not None:
+            return
+        # Runs after the DataModule's setup, which read the store; the checkpoint keeps the inferred value.
+        dim = getattr(self.trainer.datamodule, "input_dim", None) if self.trainer is not None else None
+        if dim is None:
+            raise ConfigError(
+                "model.input_dim is not given and the data does not say it: set it to the features' channel count C"
+            )
+        # Through save_hyperparameters: the logged hyperparameters and the checkpoint carry the value.
+        self.save_hyperparameters({**self.hparams, "input_dim": int(dim)})
+        self.model = self._build(int(dim))
+        log.info("motion autoencoder: input_dim %d, from the feature store", dim)
 
     def forward(self, x: torch.Tensor) -> Any:
         return self.model(x)
@@ -232,7 +255,9 @@ class MotionFeatureDataModule(pl.LightningDataModule):
 
     Every sample's stored shape is checked against the model's ``input_dim`` before training starts (from
     the store index, without reading the files): a wrong rank or channel count stops the run with a message
-    naming the file and the expected shape.
+    naming the file and the expected shape. What the store says is kept for the model: ``input_dim`` (the
+    channel count C, one for all samples) and ``feature_layout`` (``[T, N, C]`` tokens or a ``[T, H, W, C]``
+    grid), so a model without an ``input_dim`` takes it from here.
 
     Args:
         store: feature store folder, e.g. ``outputs/vfm/VideoMAEv2``.
@@ -262,6 +287,8 @@ class MotionFeatureDataModule(pl.LightningDataModule):
         self.store: FeatureStore | None = None
         self.train_keys: list[str] = []
         self.val_keys: list[str] = []
+        self.input_dim: int | None = None
+        self.feature_layout: str | None = None
 
     def expected_channels(self) -> int | None:
         module = self.trainer.lightning_module if self.trainer is not None else None
@@ -274,25 +301,42 @@ class MotionFeatureDataModule(pl.LightningDataModule):
         store = open_feature_store(self.store_path)
         keys = store.keys()[: self.limit] if self.limit is not None else store.keys()
         if not keys:
-            raise ValueError(f"{store.root}: the feature store holds no samples")
+            raise FeatureShapeError(f"{store.root}: the feature store holds no samples; run predict into it first")
         input_dim = self.expected_channels()
         shapes = {}
         for key in keys:
             shape = store.row(key).get("shapes", {}).get(self.feature)
             where = str(store.path(key))
             if shape is None:
-                raise KeyError(f"{where}: no tensor named {self.feature!r} (has {sorted(store.row(key)['shapes'])})")
+                raise FeatureShapeError(
+                    f"{where}: no tensor named {self.feature!r} (has {sorted(store.row(key)['shapes'])}); "
+                    "set data.feature to one of those"
+                )
             check_feature_shape(shape, input_dim, where, min_frames=2)
             shapes[key] = tuple(shape)
+        channels = sorted({shape[-1] for shape in shapes.values()})
+        if len(channels) > 1:
+            raise FeatureShapeError(
+                f"{store.root}: features have different channel counts C {channels[:4]} (from different models?); "
+                "one autoencoder takes one C: train on a store of one model"
+            )
         if self.batch_size > 1 and len(set(shapes.values())) > 1:
-            raise ValueError(
+            raise FeatureShapeError(
                 f"{store.root}: features have different shapes ({sorted(set(shapes.values()))[:4]}); "
                 "set data.batch_size to 1"
             )
+        self.input_dim = channels[0]
+        ranks = {len(shape) for shape in shapes.values()}
+        self.feature_layout = "mixed" if len(ranks) > 1 else "[T, N, C]" if ranks == {3} else "[T, H, W, C]"
         self.train_keys, self.val_keys = split_keys(keys, self.val_fraction)
         self.store = store
         log.info(
-            "motion AE data: %d train / %d val samples from %s", len(self.train_keys), len(self.val_keys), store.root
+            "motion AE data: %d train / %d val samples of %s features, C=%d, from %s",
+            len(self.train_keys),
+            len(self.val_keys),
+            self.feature_layout,
+            self.input_dim,
+            store.root,
         )
 
     def _loader(self, keys: list[str], shuffle: bool) -> DataLoader:

@@ -113,7 +113,7 @@ def test_bad_media_is_recorded_and_good_samples_are_written(tiny_models: Path, m
     assert "decode/DecodeTimeout" in human and "written     2 samples" in human
     # a rerun skips what is settled and does not wait on the hanging file again
     proc = predict(tiny_models, manifest, out, "--data.decode_timeout_s", "4")
-    assert len(index_rows(out)) == 2 and "8 samples in the manifest, 8 already done or settled" in proc.stderr
+    assert len(index_rows(out)) == 2 and "0 of 8 samples to do (8 already in the store or failed before)" in proc.stderr
 
 
 def test_broken_manifest_fails_before_any_model_loads(tiny_models: Path, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -189,10 +190,12 @@ def test_too_many_references_is_a_validation_error(tiny_models, media, tmp_path)
         ManifestDataModule.validate_samples(read_manifests(manifest, media), extractor.preprocessor())
 
 
-def test_odd_frame_count_is_refused_at_start(tiny_models, tmp_path):
+def test_odd_frame_count_is_refused_at_start(tiny_models, tmp_path, capsys):
     args = ["predict", "--config", CONFIG, "--model.num_frames", "48", "--model.model_path", str(tiny_models / WAN)]
-    with pytest.raises(ValueError, match=r"num_frames must have the form 4k\+1 .* got 48 \(nearest valid: 45 or 49\)"):
-        main([*args, "--writer.output_dir", str(tmp_path / "never")])
+    assert main([*args, "--writer.output_dir", str(tmp_path / "never")]) == 2  # a user error: one line, exit 2
+    assert re.search(
+        r"num_frames must have the form 4k\+1 .* got 48 \(nearest valid: 45 or 49\)", capsys.readouterr().err
+    )
     assert not (tmp_path / "never").exists()  # refused before anything was read or written
 
 
