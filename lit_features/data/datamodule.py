@@ -163,7 +163,10 @@ class ManifestDataModule(pl.LightningDataModule):
         if self.split_root is not None:
             from pathlib import Path
 
-            return build_samples(read_iianet_split(Path(self.split_root), self.split, self.root))
+            samples = build_samples(read_iianet_split(Path(self.split_root), self.split, self.root))
+            if not samples:
+                raise ManifestError(self.split_root, f"split {self.split!r} lists no mouth clips")
+            return samples
         return read_manifests(self.manifest, self.root)  # type: ignore[arg-type]
 
     @staticmethod

@@ -43,25 +43,24 @@ class Batch:
 
 
 class AttemptLog:
-    """Append-only log of samples started and finished in this process, for poison-sample detection."""
+    """Append-only log of the samples each process starts and finishes (key, source, event, pid).
+
+    When a DataLoader worker dies, the job reads which samples that pid had started without finishing and
+    counts a crash for them (see :mod:`lit_features.store.poison`).
+    """
 
     def __init__(self, path: str | None):
         self.path = path
-        self._fh = None
-        self._pid = None
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "_fh": None, "_pid": None}
-
-    def mark(self, key: str, event: str) -> None:
+    def mark(self, sample: Sample, event: str) -> None:
         if self.path is None:
             return
-        if self._pid != os.getpid():
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            self._fh, self._pid = open(self.path, "a", encoding="utf-8"), os.getpid()
-        # One short line per write with O_APPEND: lines from several worker processes never interleave.
-        self._fh.write(json.dumps({"key": key, "event": event}) + "\n")
-        self._fh.flush()
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        row = {"key": sample.key, "source": sample.source, "event": event, "pid": os.getpid()}
+        # One short line per write with O_APPEND: lines from several worker processes never interleave. Opened
+        # per line (cheap next to decoding a sample), so no handle outlives the run.
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
 
 
 def media_paths(sample: Sample) -> list[str]:
@@ -99,7 +98,7 @@ class SampleDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]
-        self.attempts.mark(sample.key, "start")
+        self.attempts.mark(sample, "start")
         started, decode_before = time.perf_counter(), self.media.seconds
         try:
             out = self.preprocessor(sample, self.media)
@@ -116,7 +115,7 @@ class SampleDataset(Dataset):
                 "ok": False,
                 "failure": Failure(sample.key, sample.source, "transform", type(err).__name__, message),
             }
-        self.attempts.mark(sample.key, "end")
+        self.attempts.mark(sample, "end")
         item["decode_s"] = self.media.seconds - decode_before
         item["transform_s"] = time.perf_counter() - started - item["decode_s"]
         return item

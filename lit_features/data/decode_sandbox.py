@@ -4,9 +4,10 @@ Python cannot interrupt a C call that never returns, and a segfault inside a Dat
 DataLoader. Each worker therefore keeps one child process (``python -m lit_features.data.decode_worker``)
 that runs the functions of :mod:`lit_features.data.media`. The worker waits for the answer with a deadline;
 on timeout or child death it kills the child, starts a fresh one on the next call, and raises
-:class:`DecodeTimeout` / :class:`DecoderCrashed` for that sample only. DataLoader workers are daemonic and may
-not start ``multiprocessing`` children, hence a plain subprocess. Arrays travel out-of-band (pickle protocol 5)
-so the frames are copied once.
+:class:`DecodeTimeout` / :class:`DecoderCrashed` for that sample only. The child dies with its worker (a
+parent-death signal), so a worker that is killed leaves no orphaned decoder behind. DataLoader workers are
+daemonic and may not start ``multiprocessing`` children, hence a plain subprocess. Arrays travel out-of-band
+(pickle protocol 5) so the frames are copied once.
 """
 
 from __future__ import annotations
@@ -109,6 +110,7 @@ class DecodeSandbox:
         package_root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         env.setdefault("OMP_NUM_THREADS", "1")
+        env["LIT_FEATURES_DECODER_PARENT"] = str(os.getpid())  # the child ends when this process does
         return env
 
     def _ensure_child(self) -> subprocess.Popen:

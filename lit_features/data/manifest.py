@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
+import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lit_features.data.keys import assign_keys, selector_suffix
+from lit_features.data.keys import assign_keys, selector_suffix, short_hash
 from lit_features.data.remote import (
     Location,
     as_location,
@@ -31,6 +33,8 @@ from lit_features.data.remote import (
 from lit_features.errors import UserError
 from lit_features.progress import progress
 
+log = logging.getLogger(__name__)
+
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".flv", ".mpg", ".mpeg", ".ts"}
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 CSV_PATH_COLUMNS = ("path", "video", "video_path", "filename", "file", "image")
@@ -38,6 +42,11 @@ CSV_CAPTION_COLUMNS = ("cap", "caption", "text", "prompt", "description")
 # Per-entry lists of reference image paths (``img_paths`` is the OpenS2V-Eval / BindWeave spelling).
 IMAGE_LIST_FIELDS = ("images", "img_paths")
 IIANET_SPLITS = {"train": ("tr",), "val": ("cv",), "test": ("tt",), "all": ("tr", "cv", "tt")}
+#: Entry fields besides the media and its ``cut`` that change features (captions and prompts feed the Wan and
+#: Qwen text encoders, reference images the I2V and Qwen image paths): part of a sample's input identity.
+INPUT_FIELDS = ("cap", "prompt", "negative_prompt", *IMAGE_LIST_FIELDS)
+#: Largest frame index, frame count or pixel size an entry may give (decoders index frames with 32-bit ints).
+MAX_COUNT = 2**31 - 1
 
 
 class ManifestError(UserError, ValueError):
@@ -67,13 +76,38 @@ class Sample:
     def cut(self) -> list[float] | None:
         return self.entry.get("cut")
 
+    def identity(self) -> dict[str, Any]:
+        """What, besides ``source``, makes this sample's features: its ``cut`` and (hashed) text and image fields.
+
+        Stored with each index row, so a later run that gives the same key another input is refused.
+        """
+        out: dict[str, Any] = {}
+        if self.cut is not None:
+            out["cut"] = [float(c) for c in self.cut]
+        for name in INPUT_FIELDS:
+            if self.entry.get(name) is not None:
+                out[name] = short_hash(json.dumps(self.entry[name], sort_keys=True), 12)
+        return out
+
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float no larger than :data:`MAX_COUNT` (JSON allows 1e999 and 10**400; decoders do not)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    return abs(value) <= MAX_COUNT and (isinstance(value, int) or math.isfinite(value))
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """A value for a message, cut short (a 400-digit number would drown the message)."""
+    try:
+        text = repr(value)
+    except ValueError:  # ints beyond Python's digit limit refuse to print
+        return "a number too large to print"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def validate_entry(entry: Any, file: str | os.PathLike, index: int, require_path: bool = False) -> dict[str, Any]:
@@ -88,18 +122,25 @@ def validate_entry(entry: Any, file: str | os.PathLike, index: int, require_path
     for name in ("cap", "prompt", "negative_prompt"):
         if name in entry and entry[name] is not None and not isinstance(entry[name], str):
             raise ManifestError(file, f"must be a string, got {type(entry[name]).__name__}", index, name)
-    if "num_frames" in entry and not (_is_int(entry["num_frames"]) and entry["num_frames"] > 0):
-        raise ManifestError(file, f"must be a positive integer, got {entry['num_frames']!r}", index, "num_frames")
+    frames = entry.get("num_frames")
+    if "num_frames" in entry and not (_is_int(frames) and _is_number(frames) and frames > 0):
+        raise ManifestError(
+            file, f"must be a positive integer up to {MAX_COUNT}, got {_show(frames)}", index, "num_frames"
+        )
     if "fps" in entry and not (_is_number(entry["fps"]) and entry["fps"] > 0):
-        raise ManifestError(file, f"must be a positive number, got {entry['fps']!r}", index, "fps")
+        raise ManifestError(file, f"must be a positive finite number, got {_show(entry['fps'])}", index, "fps")
     if "resolution" in entry:
         res = entry["resolution"]
         if not isinstance(res, dict) or not all(_is_number(res.get(k)) for k in ("height", "width")):
-            raise ManifestError(file, f"must be {{height: int, width: int}}, got {res!r}", index, "resolution")
+            raise ManifestError(
+                file, f"must be {{height: int, width: int}} up to {MAX_COUNT}, got {_show(res)}", index, "resolution"
+            )
     if "cut" in entry and entry["cut"] is not None:
         cut = entry["cut"]
         if not (isinstance(cut, (list, tuple)) and len(cut) == 2 and all(_is_number(c) for c in cut)):
-            raise ManifestError(file, f"must be [start, end] frame indices, got {cut!r}", index, "cut")
+            raise ManifestError(
+                file, f"must be [start, end] frame indices up to {MAX_COUNT}, got {_show(cut)}", index, "cut"
+            )
         if cut[0] < 0 or cut[1] <= cut[0]:
             raise ManifestError(file, f"needs 0 <= start < end, got {list(cut)!r}", index, "cut")
     for name in IMAGE_LIST_FIELDS:
@@ -117,13 +158,16 @@ def _load_json(file: Location) -> Any:
         raise ManifestError(file, "file not found") from None
     except json.JSONDecodeError as err:
         raise ManifestError(file, f"invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+    except ValueError as err:  # e.g. an integer literal beyond Python's digit limit
+        raise ManifestError(file, f"invalid JSON: {err}") from None
 
 
 def _resolve(root: Location, rel: str) -> str:
     remote = resolve(root, rel)
     if remote is not None:
         return remote
-    return os.path.normpath(rel if os.path.isabs(rel) else os.path.join(root, rel))
+    # Absolute: a source is part of a stored sample's identity, whatever folder a run starts in.
+    return os.path.abspath(rel if os.path.isabs(rel) else os.path.join(root, rel))
 
 
 def _rel_name(root: Location, rel: str) -> str:
@@ -181,6 +225,8 @@ def read_jsonl(file: Location, root: Location | None = None) -> list[_RawEntry]:
                 entry = json.loads(line)
             except json.JSONDecodeError as err:
                 raise ManifestError(file, f"invalid JSON: {err.msg}", entry=lineno) from None
+            except ValueError as err:
+                raise ManifestError(file, f"invalid JSON: {err}", entry=lineno) from None
             out.append(_RawEntry(validate_entry(entry, file, lineno), root or file.parent, file, lineno))
     return out
 
@@ -295,8 +341,39 @@ def read_manifest_entries(manifest: str | os.PathLike, root: str | os.PathLike |
     raise ManifestError(path, "unknown manifest form; use .json, .jsonl, .csv, a <root>,<json> .txt list, or a folder")
 
 
+def _resolved(r: _RawEntry, media_field: str) -> dict[str, Any]:
+    """The entry with its media and image paths made absolute (what the sample actually reads)."""
+    entry = dict(r.entry)
+    if media_field in entry:
+        entry[media_field] = _resolve(r.root, entry[media_field])
+    for name in IMAGE_LIST_FIELDS:
+        if name in entry:
+            entry[name] = [_resolve(r.root, p) for p in entry[name]]
+    return entry
+
+
+def _check_duplicate(first: _RawEntry, again: _RawEntry, key: str, media_field: str) -> None:
+    """Entries giving one key must be the same sample; a differing caption or path would be silently dropped."""
+    a, b = _resolved(first, media_field), _resolved(again, media_field)
+    if a == b:
+        return
+    fields = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    raise ManifestError(
+        again.file,
+        f"gives key {key!r} like {first.file}, entry {first.index}, but with a different "
+        f"{', '.join(repr(f) for f in fields)}; one sample cannot have both. Remove one of the two entries, or give "
+        "them distinct 'key' (or 'id') fields to keep both.",
+        again.index,
+    )
+
+
 def build_samples(raw: Iterable[_RawEntry], media_field: str = "path") -> list[Sample]:
-    """Resolve sources, attach keys, and drop exact duplicates (same source and selector)."""
+    """Resolve sources and attach keys; merge exact duplicates, refuse conflicting ones.
+
+    Raises:
+        ManifestError: two entries give the same key (same media and selector, or the same ``key``/``id``)
+            but differ in anything else (caption, prompt, images, path, extra fields).
+    """
     raw = list(raw)
     idents, rels = [], []
     for r in progress(raw, desc="assigning keys", unit="samples"):
@@ -313,17 +390,24 @@ def build_samples(raw: Iterable[_RawEntry], media_field: str = "path") -> list[S
             idents.append((_rel_name(r.root, rel) + suffix, _resolve(r.root, rel) + suffix))
         rels.append(rel)
     keys = assign_keys(idents)
-    samples, seen = [], set()
+    samples: list[Sample] = []
+    first: dict[str, _RawEntry] = {}
+    duplicates = 0
     for r, key in zip(raw, keys, strict=True):
-        if key in seen:
-            continue  # same media and selector listed twice: one sample (e.g. a mouth clip in s1 and s2)
-        seen.add(key)
-        entry = dict(r.entry)
-        source = _resolve(r.root, entry[media_field]) if media_field in entry else None
-        for name in IMAGE_LIST_FIELDS:
-            if name in entry:
-                entry[name] = [_resolve(r.root, p) for p in entry[name]]
+        if key in first:
+            _check_duplicate(first[key], r, key, media_field)
+            duplicates += 1  # the same sample listed twice (e.g. a mouth clip in s1 and s2): one sample
+            continue
+        first[key] = r
+        entry = _resolved(r, media_field)
+        source = entry.get(media_field)
+        if source is not None:
+            entry[media_field] = r.entry[media_field]  # entries keep the path as written; the source is absolute
         samples.append(Sample(key=key, source=source, entry=entry, manifest=str(r.file), index=r.index))
+    if duplicates:
+        log.info(
+            "manifest: %d entries listed a sample already listed (identical); each sample is done once", duplicates
+        )
     return samples
 
 
@@ -335,7 +419,9 @@ def read_manifests(
         manifests = [manifests]
     raw: list[_RawEntry] = []
     for m in manifests:
-        raw.extend(read_manifest_entries(m, root))
-    if not raw:
-        raise ManifestError(", ".join(str(m) for m in manifests), "no entries (the manifest is empty)")
+        entries = read_manifest_entries(m, root)
+        if not entries:  # each one: a wrong file among several must not pass unnoticed
+            what = "no video or image files below this folder" if Path(m).is_dir() else "no entries"
+            raise ManifestError(m, f"{what} (the manifest is empty); a manifest lists at least one sample")
+        raw.extend(entries)
     return build_samples(raw)

@@ -108,11 +108,11 @@ _SAFETENSORS_DTYPES = {
 }
 
 
-def _npy_header(member: Any) -> tuple[list[int], str]:
+def _npy_header(member: Any) -> tuple[list[int], np.dtype]:
     version = np.lib.format.read_magic(member)
     read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
     shape, _, dtype = read_header(member)
-    return list(shape), str(dtype)
+    return list(shape), dtype
 
 
 def probe(path: str | os.PathLike, codec: str) -> dict[str, tuple[list[int], str]] | None:
@@ -134,8 +134,10 @@ def probe(path: str | os.PathLike, codec: str) -> dict[str, tuple[list[int], str
                     if info.filename.endswith(".npy"):
                         with archive.open(info) as member:
                             shape, dtype = _npy_header(member)
-                        if not dtype.startswith(("<U", ">U", "|S", "<S", ">S")):
-                            out[info.filename[: -len(".npy")]] = (shape, dtype)
+                        if dtype.hasobject:  # pickled Python objects: never read, so never a complete sample
+                            return None
+                        if dtype.kind not in "US":
+                            out[info.filename[: -len(".npy")]] = (shape, str(dtype))
             return out or None
         if codec == "safetensors":
             with open(path, "rb") as fh:

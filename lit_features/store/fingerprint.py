@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from pathlib import Path
 from typing import Any
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".tar", ".ckpt", ".npz", ".model", ".json", ".txt")
+from lit_features.store.weights import weight_identity
+
+__all__ = ["canonical_json", "describe_difference", "fingerprint_hash", "flatten", "weight_identity", "without_weights"]
 
 
 def canonical_json(obj: Any) -> str:
@@ -19,35 +19,6 @@ def fingerprint_hash(fingerprint: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(fingerprint).encode()).hexdigest()[:16]
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
-
-
-def weight_identity(path: str | os.PathLike) -> dict[str, Any]:
-    """Identify weights without hashing gigabytes: config/tokenizer JSON hashed, weight files by name + size.
-
-    Works for a Hugging Face-style directory (recursively, so ``vae/``, ``text_encoder/`` count) or a single
-    checkpoint file. The location itself is not part of it: moving the weights keeps the fingerprint.
-    """
-    path = Path(path)
-    if path.is_file():
-        return {"file": path.name, "bytes": path.stat().st_size}
-    files = {}
-    for file in sorted(path.rglob("*")):
-        if not file.is_file() or file.name.startswith("."):
-            continue
-        rel = str(file.relative_to(path))
-        if file.suffix == ".json" or file.suffix == ".txt":
-            files[rel] = _sha256_file(file)
-        elif file.suffix in WEIGHT_SUFFIXES:
-            files[rel] = file.stat().st_size
-    return {"files": files}
-
-
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(obj, dict):
         out: dict[str, Any] = {}
@@ -55,6 +26,13 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
             out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
         return out
     return {prefix: obj}
+
+
+def without_weights(fingerprint: Any) -> Any:
+    """The fingerprint with every ``weights`` entry and the store format left out (what the weights don't decide)."""
+    if isinstance(fingerprint, dict):
+        return {k: without_weights(v) for k, v in fingerprint.items() if k not in ("weights", "store_format")}
+    return fingerprint
 
 
 def describe_difference(stored: dict[str, Any], current: dict[str, Any], limit: int = 12) -> str:

@@ -14,6 +14,11 @@ from torch.utils.data import Dataset
 from lit_features.errors import UserError
 from lit_features.store import layout
 from lit_features.store.codecs import decode
+from lit_features.store.resume import row_files, row_problem
+
+
+class StoreReadError(UserError, OSError):
+    """A stored sample cannot be read; the message names the store, the key and the file."""
 
 
 class NotAFeatureStoreError(UserError, FileNotFoundError):
@@ -33,7 +38,10 @@ class FeatureStore:
         if not meta_path.exists():
             what = "does not exist" if not self.root.exists() else f"is not a feature store (no {layout.STORE_JSON})"
             raise NotAFeatureStoreError(f"{self.root} {what}; give the --writer.output_dir of a predict run")
-        self.info: dict[str, Any] = json.loads(meta_path.read_text())
+        try:
+            self.info: dict[str, Any] = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as err:
+            raise StoreReadError(f"{meta_path}: cannot read the store's description ({err})") from None
         self._rows: dict[str, dict[str, Any]] = {}
         for path in layout.rank_files(self.root, layout.INDEX_DIR):
             for row in layout.read_jsonl_rows(path):
@@ -69,18 +77,58 @@ class FeatureStore:
         return file if file.is_absolute() else self.root / file
 
     def __getitem__(self, key: str) -> dict[str, torch.Tensor]:
-        """All tensors of one sample by name."""
+        """All tensors of one sample by name.
+
+        Raises:
+            KeyError: no sample has this key.
+            StoreReadError: a file of the sample is missing, cut short or unreadable (names key and file).
+        """
+        if key not in self._rows:
+            raise KeyError(f"{self.root}: no sample with key {key!r}")
         row = self._rows[key]
-        files = row.get("files", [row["file"]])
+        paths = row_files(self.root, row)
         out: dict[str, torch.Tensor] = {}
         names = list(row["shapes"])
-        for i, file in enumerate(files):
-            path = Path(file) if Path(file).is_absolute() else self.root / file
-            tensors, _ = decode(str(path), self.codec)
-            if list(tensors) == ["tensor"] and len(files) == len(names):
+        for i, path in enumerate(paths):
+            try:
+                tensors, _ = decode(str(path), self.codec)
+            except Exception as err:  # any decoder's complaint about a bad file
+                raise StoreReadError(self._unreadable(key, path, err)) from err
+            if list(tensors) == ["tensor"] and len(paths) == len(names):
                 tensors = {names[i]: tensors["tensor"]}  # bare-tensor files: one per name, in index order
             out.update(tensors)
         return out
+
+    def _unreadable(self, key: str, path: Path, err: BaseException) -> str:
+        problem = row_problem(self.root, self._rows[key])
+        reason = problem or f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+        return (
+            f"{self.root}, key {key!r}: cannot read {path} ({reason}). Rerun the job that wrote the store to "
+            "recompute samples whose file is missing or cut short; `lit_features inspect "
+            f"{self.root} --check` lists every unreadable sample."
+        )
+
+    def problem(self, key: str, full: bool = False) -> str | None:
+        """What is wrong with a stored sample, or ``None``: its files exist with the recorded size, and with
+        ``full`` they also decode to the recorded tensor names, shapes and dtypes."""
+        row = self._rows[key]
+        found = row_problem(self.root, row)
+        if found or not full:
+            return found
+        try:
+            tensors = self[key]
+        except StoreReadError as err:
+            return str(err.__cause__ or err)
+        for name, shape in row.get("shapes", {}).items():
+            if name not in tensors:
+                return f"no tensor {name!r} (has {sorted(tensors)})"
+            dtype = row.get("dtypes", {}).get(name)
+            got = tensors[name]
+            if list(got.shape) != list(shape):
+                return f"tensor {name!r} has shape {list(got.shape)}, the index recorded {shape}"
+            if dtype and str(got.dtype).removeprefix("torch.") != dtype and self.codec not in ("npz", "npz_compressed"):
+                return f"tensor {name!r} has dtype {got.dtype}, the index recorded {dtype}"
+        return None
 
     def meta(self, key: str) -> dict[str, Any]:
         return self._rows[key].get("meta", {})

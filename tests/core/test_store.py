@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from lit_features.store import layout
-from lit_features.store.codecs import decode, encode
+from lit_features.records import FeatureRecord, PredictionOutput
+from lit_features.store import layout, weights
+from lit_features.store.codecs import decode, encode, probe
 from lit_features.store.fingerprint import describe_difference, fingerprint_hash, weight_identity
+from lit_features.store.sample_writer import SampleWriter
+from lit_features.store.state import StoreState
 from lit_features.store.writer import merge_store_logs
 
 
@@ -73,10 +77,78 @@ def test_fingerprint_difference_names_the_parameter(tmp_path: Path) -> None:
     b = {"params": {"num_frames": 16, "layer": -2}, "weights": {"files": {"model.safetensors": 10}}}
     assert fingerprint_hash(a) != fingerprint_hash(b)
     assert describe_difference(a, b) == "  params.num_frames: 8 -> 16"
-    (tmp_path / "config.json").write_text("{}")
-    (tmp_path / "model.safetensors").write_bytes(b"x" * 7)
-    ident = weight_identity(tmp_path)
-    assert ident["files"]["model.safetensors"] == 7 and len(ident["files"]["config.json"]) == 16
+
+
+def test_weights_are_identified_by_content_once_per_file_version(tmp_path: Path, monkeypatch) -> None:
+    """Any changed byte changes the identity, for a folder and for a single checkpoint file; the digest is
+    cached by (path, size, mtime, ctime, inode), so an unchanged file is not read again."""
+    monkeypatch.setenv("LIT_FEATURES_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"x" * 7)
+    (folder / "README.md").write_text("not part of what a model computes")
+    checkpoint = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(4)}}, checkpoint)
+    hashed = []
+    real = weights.sha256_file
+    monkeypatch.setattr(weights, "sha256_file", lambda p: hashed.append(Path(p).name) or real(p))
+    ident = weight_identity(folder)
+    assert set(ident["files"]) == {"config.json", "model.safetensors"} and len(ident["files"]["config.json"]) == 32
+    single = weight_identity(checkpoint)
+    assert single["file"] == "last.ckpt" and len(single["sha256"]) == 32
+    assert sorted(hashed) == ["config.json", "last.ckpt", "model.safetensors"]
+    assert weight_identity(folder) == ident and weight_identity(checkpoint) == single
+    assert len(hashed) == 3, "cached digests are reused"
+    # Retrained: same names, same sizes, even the old modification times; other bytes.
+    stat = (folder / "model.safetensors").stat()
+    (folder / "model.safetensors").write_bytes(b"y" * 7)
+    os.utime(folder / "model.safetensors", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    stat = checkpoint.stat()
+    torch.save({"state_dict": {"w": torch.ones(4)}}, checkpoint)
+    os.utime(checkpoint, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert checkpoint.stat().st_size == stat.st_size
+    assert weight_identity(folder)["files"]["model.safetensors"] != ident["files"]["model.safetensors"]
+    assert weight_identity(checkpoint)["sha256"] != single["sha256"]
+
+
+def test_an_object_array_npz_is_never_a_complete_sample(tmp_path: Path) -> None:
+    path = tmp_path / "a_embedding.npz"
+    np.savez(path, embedding=np.array([{"not": "numbers"}], dtype=object))
+    assert probe(path, "npz") is None
+    np.savez(path, embedding=np.zeros((512, 3), np.float32))
+    assert probe(path, "npz") == {"embedding": ([512, 3], "float32")}
+
+
+def test_an_acknowledged_sample_survives_a_power_loss(tmp_path: Path, monkeypatch) -> None:
+    """Order of durability per batch: file fsynced, renamed, its folder fsynced, then the index row appended
+    and fsynced. Only then does the sample count as written."""
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst) -> None:
+        events.append(("rename", str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    root = tmp_path / "store"
+    for folder in ("index", "failures"):
+        (root / folder).mkdir(parents=True)
+    store = StoreState(root, {}, {})
+    writer = SampleWriter({"": store}, "safetensors", "{shard}/{key}{ext}", 0, lambda key: None)
+    writer.put(PredictionOutput([FeatureRecord("k", "/src/k.mp4", {"x": torch.ones(2)})], []))
+    writer.close()
+    final = layout.resolve_sample_path(root, "{shard}/{key}{ext}", "k", None, ".safetensors")
+    index = str(layout.rank_file(root, "index", 0))
+    order = [events.index(e) for e in [("rename", str(final)), ("fsync", str(final.parent)), ("fsync", index)]]
+    assert order == sorted(order), events
+    assert events[order[0] - 1][0] == "fsync" and ".tmp" in events[order[0] - 1][1]  # the data before the rename
+    assert writer.counts["written"] == 1
 
 
 def test_merge_keeps_latest_row_and_drops_failures_that_later_succeeded(tmp_path: Path) -> None:
@@ -90,3 +162,29 @@ def test_merge_keeps_latest_row_and_drops_failures_that_later_succeeded(tmp_path
     merged = [json.loads(x) for x in (tmp_path / "index.jsonl").read_text().splitlines()]
     assert [(r["key"], r["file"]) for r in merged] == [("a", "a2"), ("b", "b")]
     assert [json.loads(x)["key"] for x in (tmp_path / "failures.jsonl").read_text().splitlines()] == ["c"]
+
+
+def test_what_a_rerun_schedules_again(tmp_path: Path) -> None:
+    """Write errors and out-of-memory are retried without a flag; a decode failure only with retry_failed; a
+    failure under the same key from another source is retried; poison stays skipped even with retry_failed."""
+    from types import SimpleNamespace
+
+    rows = {
+        "full": {"stage": "write", "error": "OSError", "message": "[Errno 28] No space left on device"},
+        "oom": {"stage": "model", "error": "OutOfMemoryError", "message": "CUDA out of memory. Tried to allocate"},
+        "broken": {"stage": "decode", "error": "RuntimeError", "message": "moov atom not found"},
+        "moved": {"stage": "decode", "error": "RuntimeError", "message": "moov atom not found"},
+    }
+    (tmp_path / "failures").mkdir()
+    (tmp_path / "failures" / "rank-0.jsonl").write_text(
+        "".join(json.dumps({"key": k, "source": f"/d/{k}", **r}) + "\n" for k, r in rows.items())
+    )
+    (tmp_path / "crashes").mkdir()
+    (tmp_path / "crashes" / "rank-0.jsonl").write_text(json.dumps({"key": "poison", "source": "/d/poison"}) + "\n")
+    store = StoreState(tmp_path, {}, {})
+    store.load(rows=True)
+    samples = {k: SimpleNamespace(key=k, source=f"/d/{k}") for k in [*rows, "poison"]}
+    samples["moved"].source = "/elsewhere/moved"
+    assert store.settled(samples, retry_failed=False, max_attempts=1) == ({"broken", "poison"}, {"poison": 1})
+    assert store.settled(samples, retry_failed=True, max_attempts=1) == ({"poison"}, {"poison": 1})
+    assert store.settled(samples, retry_failed=True, max_attempts=2) == (set(), {})

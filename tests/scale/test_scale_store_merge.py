@@ -70,7 +70,7 @@ def test_a_run_with_nothing_left_still_rewrites_the_merged_index(tiny_models: Pa
     writer = run()
     assert writer.summary["written"] == 0
     assert (out / layout.MERGED_INDEX).read_text() == first
-    assert writer._thread is None  # the writer thread was stopped on the skipped rank too
+    assert writer._writer._thread is None  # the writer thread was stopped on the skipped rank too
 
 
 class _Strategy:

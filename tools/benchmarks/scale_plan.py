@@ -2,7 +2,7 @@
 
 Real code paths on synthetic stores of ``n`` clips spread over 64 rank files: reading a JSON manifest into
 samples (:func:`read_manifests`, memory by ``tracemalloc``), the resume read every rank does at start-up
-(:meth:`_SubStore.load_state` over index + attempts logs), rank 0's end-of-run :func:`merge_store_logs`, and the
+(:meth:`StoreState.load` over the index and failure logs), rank 0's end-of-run :func:`merge_store_logs`, and the
 balanced split (:func:`assign_to_ranks`, 64 ranks). Rows carry the measured figures and a linear
 extrapolation to 10M clips (``at_10M``), which docs/scale_out.md uses. Times are CPU seconds of this process
 (``time.process_time``: robust to other load on a shared machine, blind to waiting for a slow filesystem);
@@ -23,7 +23,8 @@ from typing import Any
 from lit_features.data.datamodule import assign_to_ranks
 from lit_features.data.manifest import read_manifests
 from lit_features.store import layout
-from lit_features.store.writer import _SubStore, merge_store_logs
+from lit_features.store.state import StoreState
+from lit_features.store.writer import merge_store_logs
 
 TARGET = 10_000_000
 RANKS = 64
@@ -120,11 +121,11 @@ def measure(folder: Path, n: int, with_memory: bool) -> list[dict[str, Any]]:
     index_bytes = write_store(root, n)
     rows.append(_row("index rows on disk (all ranks)", n, index_bytes / 2**30, "GiB"))
     attempt_bytes = sum(p.stat().st_size for p in layout.rank_files(root, layout.ATTEMPTS_DIR))
-    rows.append(_row("attempts logs on disk", n, attempt_bytes / 2**30, "GiB"))
-    store = _SubStore(root, {}, {})
-    _, seconds = _cpu(lambda: store.load_state(max_attempts=3))
+    rows.append(_row("attempts logs on disk (one run)", n, attempt_bytes / 2**30, "GiB"))
+    store = StoreState(root, {}, {})
+    _, seconds = _cpu(lambda: store.load(rows=False))
     assert len(store.done) == n
-    rows.append(_row("resume read per rank (index + attempts)", n, seconds, "CPU s"))
+    rows.append(_row("resume read per rank (index)", n, seconds, "CPU s"))
     merged, seconds = _cpu(lambda: merge_store_logs(root))
     assert merged["written"] == n
     rows.append(_row("end-of-run merge on rank 0", n, seconds, "CPU s"))
@@ -134,8 +135,8 @@ def measure(folder: Path, n: int, with_memory: bool) -> list[dict[str, Any]]:
     if with_memory:
         _, held, _ = _memory(lambda: read_manifests(str(manifest), None))
         rows.append(_row("manifest samples in memory per rank", n, held / 2**30, "GiB"))
-        store = _SubStore(root, {}, {})
-        _, held, _ = _memory(lambda: store.load_state(max_attempts=3))
+        store = StoreState(root, {}, {})
+        _, held, _ = _memory(lambda: store.load(rows=False))
         rows.append(_row("done set in memory per rank", n, held / 2**30, "GiB"))
         _, _, peak = _memory(lambda: merge_store_logs(root))
         rows.append(_row("merge peak memory on rank 0", n, peak / 2**30, "GiB"))

@@ -1,0 +1,194 @@
+"""The writer thread: encodes each batch's samples, writes them atomically and appends their index rows.
+
+Order per batch, so a kill or power loss never loses a sample the index acknowledges: every file is written
+to a temporary name, fsynced and renamed into place; the folders it was renamed into are fsynced (the rename
+itself becomes durable); then the batch's index and failure rows are appended and the logs fsynced. A sample
+whose file cannot be written (disk full, I/O error) becomes a ``write`` failure, retried by the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from lit_features.errors import UserError
+from lit_features.records import Failure, FeatureRecord, PredictionOutput
+from lit_features.store import layout
+from lit_features.store.codecs import EXTENSIONS, encode
+from lit_features.store.state import StoreState
+
+
+class StoreWriteError(UserError, OSError):
+    """Writing to the store failed (e.g. the disk is full); what was written is kept and the rest is retried."""
+
+
+class SampleWriter:
+    """Background thread persisting :class:`PredictionOutput` batches into one or more stores of one rank.
+
+    Args:
+        stores: the stores by name (``""``: the output directory).
+        codec: sample file codec.
+        path_template: where each sample's file goes (see :func:`layout.resolve_sample_path`).
+        rank: this process's global rank (names its log files and temporary folder).
+        inputs: the input identity of a key (recorded in its index row), or ``None`` when unknown.
+        fsync: make files, renames and log appends durable before a sample counts as written.
+        embed_meta: also store each sample's metadata inside its file.
+        queue_size: batches waiting before the producer blocks.
+    """
+
+    def __init__(
+        self,
+        stores: dict[str, StoreState],
+        codec: str,
+        path_template: str,
+        rank: int,
+        inputs: Callable[[str], dict[str, Any] | None],
+        fsync: bool = True,
+        embed_meta: bool = True,
+        queue_size: int = 8,
+    ):
+        self.stores = stores
+        self.codec = codec
+        self.path_template = path_template
+        self.rank = rank
+        self.inputs = inputs
+        self.fsync = fsync
+        self.embed_meta = embed_meta
+        self.counts: Counter[str] = Counter()
+        self.timing: Counter[str] = Counter()
+        self.run_failures: list[dict[str, Any]] = []
+        self.seconds_writing = 0.0
+        self.error: BaseException | None = None
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._index_fh = {n: open(layout.rank_file(s.root, layout.INDEX_DIR, rank), "a") for n, s in stores.items()}
+        self._failure_fh = {
+            n: open(layout.rank_file(s.root, layout.FAILURES_DIR, rank), "a") for n, s in stores.items()
+        }
+        self._fsync_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="feature-writer-fsync")
+        self._thread: threading.Thread | None = threading.Thread(target=self._drain, name="feature-writer", daemon=True)
+        self._thread.start()
+
+    # -- producer side (the main thread) --------------------------------------------------------------------------
+    def put(self, prediction: PredictionOutput) -> None:
+        self.raise_if_failed()
+        self._queue.put(prediction)
+
+    def raise_if_failed(self) -> None:
+        if self.error is None:
+            return
+        if isinstance(self.error, OSError):
+            raise StoreWriteError(
+                f"writing the feature store failed: {self.error}. Samples written so far are kept; free space or "
+                "fix the filesystem and rerun to finish."
+            ) from self.error
+        raise RuntimeError(f"the feature writer failed: {self.error!r}") from self.error
+
+    def append_rows(self, name: str, rows: list[dict[str, Any]], failures: bool = False) -> None:
+        """Append rows to this rank's index (or failure log) of store ``name``, durably."""
+        fh = (self._failure_fh if failures else self._index_fh)[name]
+        if rows:
+            fh.write("".join(json.dumps(r, default=str) + "\n" for r in rows))
+            fh.flush()
+            if self.fsync:
+                os.fsync(fh.fileno())
+
+    def failure_row(self, failure: Failure) -> dict[str, Any]:
+        return {**failure.as_row(), "rank": self.rank, "time": time.time()}
+
+    def close(self) -> None:
+        """Write everything queued, stop the thread and close the logs (idempotent)."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+            self._fsync_pool.shutdown()
+        for fh in list(self._index_fh.values()) + list(self._failure_fh.values()):
+            fh.close()
+        self._index_fh, self._failure_fh = {}, {}
+
+    # -- the thread ----------------------------------------------------------------------------------------------
+    def _write_record(self, record: FeatureRecord, folders: set[Path]) -> dict[str, Any]:
+        store = self.stores.get(record.store)
+        if store is None:
+            raise KeyError(f"record for unknown store {record.store!r}; known: {sorted(self.stores)}")
+        ext = EXTENSIONS[self.codec]
+        tmp_dir = store.root / layout.TMP_DIR / f"rank-{self.rank}"
+        files, nbytes = [], 0
+        if "{name}" in self.path_template:
+            groups = [(name, {name: t}) for name, t in record.tensors.items()]
+        else:
+            groups = [("", record.tensors)]
+        for name, tensors in groups:
+            path = layout.resolve_sample_path(store.root, self.path_template, record.key, record.source, ext, name)
+            data = encode(self.codec, tensors, record.meta if self.embed_meta else {})
+            inside = path.resolve().is_relative_to(store.root.resolve())
+            layout.atomic_write(path, data, tmp_dir if inside else None, self.fsync)
+            folders.add(path.parent)
+            files.append(str(path.relative_to(store.root)) if inside else str(path))
+            nbytes += len(data)
+        row = {
+            "key": record.key,
+            "file": files[0],
+            "source": record.source,
+            "shapes": {k: list(v.shape) for k, v in record.tensors.items()},
+            "dtypes": {k: str(v.dtype).removeprefix("torch.") for k, v in record.tensors.items()},
+            "bytes": nbytes,
+            "meta": record.meta,
+        }
+        identity = self.inputs(record.key)
+        if identity is not None:
+            row["input"] = identity
+        if len(files) > 1:
+            row["files"] = files
+        return row
+
+    def _persist(self, item: PredictionOutput) -> None:
+        started = time.monotonic()
+        rows: dict[str, list] = {name: [] for name in self.stores}
+        failures: dict[str, list] = {name: [] for name in self.stores}
+        folders: set[Path] = set()
+        write_failed = 0
+        for record in item.records:
+            try:
+                rows[record.store].append(self._write_record(record, folders))
+            except OSError as err:  # one unwritable sample is a failure record, not a lost run
+                failures[record.store].append(
+                    self.failure_row(Failure(record.key, record.source, "write", type(err).__name__, str(err)))
+                )
+                write_failed += 1
+        if self.fsync:  # in parallel: the filesystem commits them together (measured 3x cheaper than one by one)
+            list(self._fsync_pool.map(layout.fsync_dir, folders))
+        for failure in item.failures:
+            for name in self.stores if failure.store is None else [failure.store]:
+                failures[name].append(self.failure_row(failure))
+        for name in self.stores:
+            if len(self.run_failures) < 1000:  # a sample for the run summary, not the record
+                self.run_failures.extend(failures[name][: 1000 - len(self.run_failures)])
+        for name in self.stores:
+            self.append_rows(name, rows[name])
+            self.append_rows(name, failures[name], failures=True)
+            self.stores[name].done.update((r["key"], None) for r in rows[name])
+        self.counts["written"] += sum(len(r) for r in rows.values())
+        self.counts["failed"] += len(item.failures) + write_failed
+        self.counts["write_failed"] += write_failed
+        self.seconds_writing += time.monotonic() - started
+
+    def _drain(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self.error is not None:
+                continue  # keep consuming so the producer never blocks on a dead writer
+            try:
+                self._persist(item)
+            except BaseException as err:  # surfaced on the main thread at the next batch and at the end
+                self.error = err
