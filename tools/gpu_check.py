@@ -147,7 +147,10 @@ def run_job(name: str, extractor: Any, entries: list[dict[str, Any]], workers: i
         accelerator="gpu" if torch.cuda.is_available() else "cpu", devices=1, logger=False,
         callbacks=[writer, Clock()], enable_progress_bar=False, enable_model_summary=False,
     )  # fmt: skip
-    index = int((os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0] or 0)
+    visible = (os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0]
+    index = int(visible) if visible.isdigit() else 0
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     with UtilisationSampler(index) as sampler:
         started = time.perf_counter()
         trainer.predict(extractor, datamodule=data, return_predictions=False)
