@@ -13,9 +13,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from lit_features.data.dataset import BatchCollator, SampleDataset
 from lit_features.data.decode_sandbox import DecodeSandbox
-from lit_features.data.manifest import ManifestError, Sample, build_samples, read_iianet_split, read_manifests
+from lit_features.data.manifest import ManifestError, build_samples, read_iianet_split, read_manifests
 from lit_features.data.media_cache import MediaCache
 from lit_features.data.preprocess import EntryError, Preprocessor
+from lit_features.data.sample import Sample
 from lit_features.interfaces import resume_planners
 
 log = logging.getLogger(__name__)

@@ -23,8 +23,8 @@ from typing import Any, Literal
 import torch
 
 from lit_features.data.dataset import Batch, Prepared
-from lit_features.data.manifest import IMAGE_EXTENSIONS, Sample
 from lit_features.data.preprocess import MediaLoader, Preprocessor
+from lit_features.data.sample import IMAGE_EXTENSIONS, Sample
 from lit_features.data.sampling import FrameRounding, FrameSampling
 from lit_features.data.transforms import NORMALIZATION_PRESETS, center_crop, normalize, resize, to_tensor
 from lit_features.extractors.base import FeatureExtractor, quiet_transformers
