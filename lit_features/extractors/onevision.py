@@ -35,14 +35,14 @@ from lit_features.extractors.vision_tower import (
     choose_normalisation,
     omit_default_rounding,
 )
-from lit_features.models.onevision_vit import (
+from lit_features.models.onevision_positions import (
     DEFAULT_TEMPORAL_SLOTS,
-    OneVisionViTModel,
     frame_slots,
     grid_positions,
     patchify,
     visible_indices_for_slots,
 )
+from lit_features.models.onevision_vit import OneVisionViTModel
 from lit_features.models.packed_vision_tower import resolve_layer, token_budget_groups
 from lit_features.models.weights import from_pretrained_strict
 
