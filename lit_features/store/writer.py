@@ -25,6 +25,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 from lit_features.errors import UserError
 from lit_features.interfaces import ReportsModels, SampleProvider, WorkItem, run_samples
+from lit_features.models.stand_in import STAND_IN_MARKER
 from lit_features.records import Failure, PredictionOutput
 from lit_features.store import layout, run_summary
 from lit_features.store.codecs import EXTENSIONS
@@ -211,7 +212,7 @@ class FeatureWriter(BasePredictionWriter):
             "extractor": getattr(pl_module, "extractor_name", type(pl_module).__name__),
             "codec": self.codec,
             "path_template": self.path_template,
-            "tiny_random_stand_in": bool(getattr(pl_module, "is_stand_in", False)),
+            STAND_IN_MARKER: bool(getattr(pl_module, "is_stand_in", False)),
         }
         writer_params = {"codec": self.codec}
         return {
