@@ -17,7 +17,7 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -54,7 +54,7 @@ class MotionAutoencoderConfig:
     num_layers: int = 2
     dropout: float = 0.1
     use_token: bool = True
-    sequence_grouping: str = "per_position"
+    sequence_grouping: Literal["per_position", "upstream_flat"] = "per_position"
 
     def __post_init__(self) -> None:
         for name in ("input_dim", "model_dim", "latent_dim", "num_heads", "num_layers"):

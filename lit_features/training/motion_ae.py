@@ -20,7 +20,7 @@ import torch
 import torchmetrics
 
 from lit_features.errors import ConfigError
-from lit_features.models.motion_autoencoder import MotionFeatureAutoencoder
+from lit_features.models.motion_autoencoder import MotionAutoencoderConfig, MotionFeatureAutoencoder
 from lit_features.models.motion_loss import motion_autoencoder_loss
 
 log = logging.getLogger(__name__)
@@ -35,13 +35,6 @@ class MotionAutoencoderModule(pl.LightningModule):
         input_dim: channel count C of the features (768 for ViT-B features, 1024 for ViT-L). ``None`` (the
             default): taken from the data (``MotionFeatureDataModule`` reads it from the store), and the
             network is built in :meth:`setup`; a given value that the stored features contradict is an error.
-        model_dim: width of the temporal conv / transformer layers.
-        latent_dim: channels per token of the latent (``input_dim / latent_dim`` is the compression ratio).
-        num_heads: attention heads of the temporal transformers.
-        num_layers: transformer layers in the encoder and in the decoder.
-        dropout: dropout probability.
-        use_token: encode ``concat(x, delta_x)`` instead of ``delta_x`` alone.
-        sequence_grouping: ``per_position`` (one temporal sequence per token position) or ``upstream_flat``.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         recon_weight: weight of the reconstruction MSE.
@@ -49,18 +42,14 @@ class MotionAutoencoderModule(pl.LightningModule):
         smooth_weight: weight of the latent smoothness term.
         lr_schedule: ``constant``, or ``cosine`` annealing to 0 over ``trainer.max_epochs``.
         histogram_values: at most this many latent values per validation-epoch histogram.
+        network: the network's other arguments, flat (``model_dim``, ``latent_dim``, ``num_heads``,
+            ``num_layers``, ``dropout``, ``use_token``, ``sequence_grouping``): the fields of
+            :class:`~lit_features.models.motion_autoencoder.MotionAutoencoderConfig`, defined there once.
     """
 
     def __init__(
         self,
         input_dim: int | None = None,
-        model_dim: int = 384,
-        latent_dim: int = 192,
-        num_heads: int = 8,
-        num_layers: int = 2,
-        dropout: float = 0.1,
-        use_token: bool = True,
-        sequence_grouping: Literal["per_position", "upstream_flat"] = "per_position",
         lr: float = 2e-4,
         weight_decay: float = 1e-4,
         recon_weight: float = 1.0,
@@ -68,9 +57,15 @@ class MotionAutoencoderModule(pl.LightningModule):
         smooth_weight: float = 0.05,
         lr_schedule: Literal["constant", "cosine"] = "constant",
         histogram_values: int = 65536,
+        **network: Any,
     ):
         super().__init__()
+        # Checked now (a placeholder C when it comes from the data); every field goes into the hyperparameters,
+        # so logs and checkpoints carry the whole network, defaults included.
+        config = MotionAutoencoderConfig(input_dim=input_dim or 1, **network)
         self.save_hyperparameters()
+        network = {k: v for k, v in config.to_dict().items() if k != "input_dim"}
+        self.save_hyperparameters({**self.hparams, **network})
         self.model: MotionFeatureAutoencoder | None = None
         if input_dim is not None:
             self.model = self._build(input_dim)
@@ -87,17 +82,8 @@ class MotionAutoencoderModule(pl.LightningModule):
         self._latent_sample: torch.Tensor | None = None
 
     def _build(self, input_dim: int) -> MotionFeatureAutoencoder:
-        h = self.hparams
-        return MotionFeatureAutoencoder(
-            input_dim=input_dim,
-            model_dim=h.model_dim,
-            latent_dim=h.latent_dim,
-            num_heads=h.num_heads,
-            num_layers=h.num_layers,
-            dropout=h.dropout,
-            use_token=h.use_token,
-            sequence_grouping=h.sequence_grouping,
-        )
+        config = MotionAutoencoderConfig.from_dict({**self.hparams, "input_dim": input_dim})
+        return MotionFeatureAutoencoder.from_config(config)
 
     @property
     def input_dim(self) -> int | None:
