@@ -17,7 +17,7 @@ from lit_features.data.manifest import ManifestError, build_samples, read_iianet
 from lit_features.data.media_cache import MediaCache
 from lit_features.data.preprocess import EntryError, Preprocessor
 from lit_features.data.sample import Sample
-from lit_features.interfaces import resume_planners
+from lit_features.interfaces import PreprocessorProvider, resume_planners
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ class ManifestDataModule(pl.LightningDataModule):
 
     def _preprocessor(self) -> Preprocessor:
         module = self.trainer.lightning_module if self.trainer is not None else None
-        if module is None or not hasattr(module, "preprocessor"):
+        if not isinstance(module, PreprocessorProvider):
             raise RuntimeError("ManifestDataModule needs an extractor module that provides preprocessor()")
         return module.preprocessor()
 
