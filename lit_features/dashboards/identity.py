@@ -34,7 +34,7 @@ def _manifest(data: Any) -> dict[str, Any] | None:
         return None
     paths = [paths] if isinstance(paths, str) else list(paths)
     sizes = [os.path.getsize(p) if not is_remote(p) and os.path.isfile(p) else None for p in paths]
-    samples = getattr(data, "samples", None)
+    samples = getattr(data, "samples", None)  # read and validated in the DataModule's setup
     return {
         "path": paths[0] if len(paths) == 1 else paths,
         "bytes": sum(s for s in sizes if s is not None) if any(s is not None for s in sizes) else None,

@@ -31,6 +31,7 @@ from torch.utils.data import DistributedSampler
 
 from lit_features.dashboards import progress
 from lit_features.dashboards.sink import Sink, image, wandb_runs
+from lit_features.store.writer import FeatureWriter
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +42,9 @@ RANK_METRICS = (
 FAILURE_COLUMNS = ["key", "source", "stage", "error", "message", "rank", "preview"]
 
 
-def feature_writer(trainer: pl.Trainer) -> Any:
-    """The callback that writes the store and reports its progress, if any."""
-    return next((c for c in trainer.callbacks if hasattr(c, "progress") and hasattr(c, "output_dir")), None)
+def feature_writer(trainer: pl.Trainer) -> FeatureWriter | None:
+    """The callback that writes the store and reports its progress (:meth:`FeatureWriter.progress`), if any."""
+    return next((c for c in trainer.callbacks if isinstance(c, FeatureWriter)), None)
 
 
 def rank_share(trainer: pl.Trainer) -> int:
@@ -155,7 +156,6 @@ class LiveExtractionMetrics(Callback):
             progress.clear(self._root)
             wandb_runs(trainer.loggers)  # start W&B now (seconds), not inside the run's timed predict
         self._active = True
-        self._final_logged = False
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._active:

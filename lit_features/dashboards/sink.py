@@ -55,8 +55,14 @@ class Sink:
             if not rows:
                 continue
             table = self._tables.get(key)
-            if table is None:  # each log adds only the rows new since the last one
-                table = self._tables[key] = wandb.Table(columns=columns, log_mode="INCREMENTAL")
+            if table is None:
+                try:  # each log adds only the rows new since the last one
+                    table = wandb.Table(columns=columns, log_mode="INCREMENTAL")
+                except TypeError:  # wandb before incremental tables: the whole table again at each log
+                    table = wandb.Table(columns=columns)
+                self._tables[key] = table
+            elif getattr(table, "log_mode", None) != "INCREMENTAL":
+                table = self._tables[key] = wandb.Table(columns=columns, data=[list(r) for r in table.data])
             for values in rows:
                 table.add_data(*values)
             row[key] = table
