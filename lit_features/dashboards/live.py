@@ -235,11 +235,10 @@ class LiveExtractionMetrics(Callback):
     # -- rank 0 ---------------------------------------------------------------------------------------------
     def _log_job(self, trainer: pl.Trainer, own: dict[str, Any], final: bool) -> None:
         assert self._root is not None
-        snapshots = self._read_snapshots(trainer.world_size if final else 0)
-        snapshots[own["rank"]] = own
+        snapshots = self._read_snapshots(own, trainer.world_size if final else 0)
         metrics = job_metrics(snapshots, time.time(), int(own.get("skipped", 0)))
         tables = {}
-        if self.failures_table:
+        if self.failures_table and self._sink.takes_tables:
             tables["job/failures"] = (FAILURE_COLUMNS, self._new_failure_rows())
         self._sink.log(metrics, own["elapsed_s"], tables)
         hosts = {r: s["host"] for r, s in snapshots.items()}
@@ -247,15 +246,17 @@ class LiveExtractionMetrics(Callback):
             self._hosts = hosts
             self._sink.update_config({"ranks": {str(r): h for r, h in hosts.items()}})
 
-    def _read_snapshots(self, wait_for: int) -> dict[int, dict[str, Any]]:
-        """This run's snapshots; at the end, wait briefly for every rank's last one (ranks end together)."""
+    def _read_snapshots(self, own: dict[str, Any], wait_for: int) -> dict[int, dict[str, Any]]:
+        """This run's snapshots (rank 0's: ``own``); at the end, wait up to 5 s until ``wait_for`` ranks have
+        written their last one (the ranks end together; one that died or hangs is shown as it was)."""
         assert self._root is not None
-        deadline = time.monotonic() + min(5.0, max(self.interval_s, 1.0))
+        deadline = time.monotonic() + 5.0
         while True:
             snapshots = {r: s for r, s in progress.read_snapshots(self._root).items() if s["time"] >= self._since}
+            snapshots[own["rank"]] = own
             settled = sum(1 for s in snapshots.values() if s["state"] != "running")
-            if settled >= wait_for - 1 or time.monotonic() > deadline:
-                return snapshots
+            if settled >= wait_for or time.monotonic() > deadline:
+                return dict(sorted(snapshots.items()))
             time.sleep(0.1)
 
     def _new_failure_rows(self) -> list[list[Any]]:

@@ -33,6 +33,11 @@ class Sink:
         self._tables: dict[str, Any] = {}
         self._tick = 0
 
+    @property
+    def takes_tables(self) -> bool:
+        """Whether a logger here takes tables (W&B)."""
+        return any(isinstance(logger, WandbLogger) for logger in self.loggers)
+
     def log(self, metrics: dict[str, float], x: float, tables: dict[str, tuple[list[str], list[list[Any]]]]) -> None:
         """Log ``metrics`` at ``x`` (and new ``tables`` rows: key -> (columns, rows)) as one step."""
         for logger in self.loggers:
