@@ -271,6 +271,27 @@ class FeatureWriter(BasePredictionWriter):
             log.info("%s: %d samples already at their destination counted as done", store.root, len(rows))
         return keys
 
+    def progress(self) -> dict[str, Any]:
+        """This rank's counts so far, cheap to read while the run goes on (live dashboards poll it).
+
+        ``written`` / ``failed`` / ``skipped`` samples (``skipped``: already settled, the same on every rank),
+        seconds spent decoding, transforming, in the model and writing, and ``queue_depth``: batches waiting for
+        the writer thread.
+        """
+        writer = self._writer
+        counts, timing = (writer.counts, writer.timing) if writer is not None else ({}, {})
+        return {
+            "written": counts.get("written", 0),
+            "failed": counts.get("failed", 0),
+            "write_failed": counts.get("write_failed", 0),
+            "skipped": self.skipped,
+            "seconds_decode": timing.get("decode_s", 0.0),
+            "seconds_transform": timing.get("transform_s", 0.0),
+            "seconds_model": timing.get("model_s", 0.0),
+            "seconds_writing": writer.seconds_writing if writer is not None else 0.0,
+            "queue_depth": writer.queue_depth if writer is not None else 0,
+        }
+
     def attempt_log_path(self) -> str | None:
         """Where this rank's DataLoader workers log the samples they start and finish."""
         first = next(iter(self.stores.values()), None)

@@ -5,8 +5,9 @@
 (reconstruction, temporal difference, latent smoothness; configurable weights). Per split it logs the loss
 terms and, through torchmetrics, the reconstruction MSE and the mean per-token cosine similarity between
 reconstruction and input; at each validation epoch end a histogram of latent values goes to the logger
-(W&B or TensorBoard). The data: :class:`~lit_features.data.feature_data.MotionFeatureDataModule`; loading the
-checkpoints it writes: :func:`~lit_features.models.motion_checkpoint.load_motion_checkpoint`.
+(W&B or TensorBoard), with reconstruction and latent panels (:mod:`lit_features.dashboards.motion_ae`). The data:
+:class:`~lit_features.data.feature_data.MotionFeatureDataModule`; loading the checkpoints it writes:
+:func:`~lit_features.models.motion_checkpoint.load_motion_checkpoint`.
 """
 
 from __future__ import annotations
@@ -178,6 +179,12 @@ class MotionAutoencoderModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.val_history = list(checkpoint.get("val_history", []))
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        # Reconstruction pictures and latent paths per validation epoch, when a logger is configured.
+        from lit_features.dashboards.motion_ae import MotionAutoencoderPanels
+
+        return [MotionAutoencoderPanels()]
 
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
