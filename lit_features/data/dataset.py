@@ -12,9 +12,9 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from lit_features.data.decode_sandbox import DecodeSandbox
-from lit_features.data.manifest import IMAGE_LIST_FIELDS, Sample
 from lit_features.data.media_cache import MediaCache
 from lit_features.data.preprocess import MediaLoader, Preprocessor, SampleFailure
+from lit_features.data.sample import IMAGE_LIST_FIELDS, Sample
 from lit_features.records import Failure, thumbnail
 
 

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 
 from lit_features.data.decode_sandbox import DecoderCrashed, DecodeSandbox, DecodeTimeout, RemoteError
-from lit_features.data.manifest import Sample
 from lit_features.data.media import DecodedVideo
 from lit_features.data.media_cache import MediaCache
+from lit_features.data.sample import Sample
 from lit_features.data.sampling import FrameSampling
 from lit_features.remote import RemoteAccessError, is_remote
 

@@ -13,14 +13,10 @@ import yaml
 from PIL import Image
 
 from lit_features.cli import run_cli as lightning_cli
-from lit_features.models.motion_autoencoder import load_motion_autoencoder
+from lit_features.data.feature_data import FeatureShapeError, MotionFeatureDataModule, open_feature_store, split_keys
+from lit_features.models.motion_checkpoint import load_motion_autoencoder, load_motion_checkpoint
 from lit_features.store.reader import FeatureStore
-from lit_features.training.feature_data import FeatureShapeError, open_feature_store, split_keys
-from lit_features.training.motion_ae import (
-    MotionAutoencoderModule,
-    MotionFeatureDataModule,
-    load_motion_checkpoint,
-)
+from lit_features.training.motion_ae import MotionAutoencoderModule
 from tests.conftest import REPO_ROOT, run_cli
 from tests.vfm.vfm_test_helpers import known_motion_samples, write_store
 from tests.wandb_offline import read_run
