@@ -81,6 +81,11 @@ class SampleWriter:
         self.raise_if_failed()
         self._queue.put(prediction)
 
+    @property
+    def queue_depth(self) -> int:
+        """Batches waiting for the thread (at ``queue_size`` the model waits for the disk)."""
+        return self._queue.qsize()
+
     def raise_if_failed(self) -> None:
         if self.error is None:
             return
