@@ -164,6 +164,7 @@ class ManifestDataModule(pl.LightningDataModule):
         self.media_cache_dir = media_cache_dir
         self.media_cache_gb = media_cache_gb
         self.model_threads = model_threads
+        self._threads_before: int | None = None
         self.samples: list[Sample] | None = None
         self.dataset: SampleDataset | None = None
         self.costs: dict[str, float] = {}
@@ -306,7 +307,14 @@ class ManifestDataModule(pl.LightningDataModule):
             threads = model_threads_for(cores, self.trainer.num_devices, self.num_workers)
         if threads != torch.get_num_threads():
             log.debug("model threads: %d (cores left by %d DataLoader workers)", threads, self.num_workers)
+            self._threads_before = torch.get_num_threads()
             torch.set_num_threads(threads)
+
+    def teardown(self, stage: str) -> None:
+        # The process may go on computing without the workers (a notebook, a benchmark): its threads come back.
+        before, self._threads_before = self._threads_before, None
+        if before is not None:
+            torch.set_num_threads(before)
 
     def state_dict(self) -> dict[str, Any]:
         return {}

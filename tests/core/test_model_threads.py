@@ -35,8 +35,11 @@ def test_cpu_run_gives_the_model_the_cores_the_workers_leave(tmp_path, monkeypat
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(6)), raising=False)
     torch.set_num_threads(6)
-    _data(tmp_path, CPUAccelerator()).share_cores_with_workers()
+    data = _data(tmp_path, CPUAccelerator())
+    data.share_cores_with_workers()
     assert torch.get_num_threads() == 4
+    data.teardown("predict")  # the process may go on computing without the workers
+    assert torch.get_num_threads() == 6
 
 
 def test_explicit_choices_are_kept(tmp_path, monkeypatch, restore_threads) -> None:
