@@ -17,7 +17,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset
@@ -109,6 +109,8 @@ class StoredFeaturePreprocessor(Preprocessor):
         input_dim: required channel count C (``None``: any).
         min_frames: smallest acceptable T.
     """
+
+    decodes_video: ClassVar[bool] = False
 
     feature: str = "feature"
     input_dim: int | None = None

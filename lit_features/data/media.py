@@ -8,13 +8,20 @@ what was asked, because PyAV silently returns fewer frames on a truncated file.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
+from lit_features.data.keyframes import KeyframeProbe, entry_keyframes, key_at_or_before
 from lit_features.data.sampling import FrameSampling
 
 Backend = Literal["auto", "decord", "pyav"]
+
+#: How videos are decoded, as far as it changes the frames; recorded in the fingerprint of every store made from
+#: decoded videos, so a store written under other rules is refused instead of resumed. ``seek``:
+#: ``clean_keyframes`` = a seek lands only on keyframes FFmpeg decodes without corruption (before: any keyframe,
+#: which gave wrong frames for clips in files whose keyframes are not all clean random-access points).
+VIDEO_DECODE_RULES: dict[str, str] = {"seek": "clean_keyframes"}
 
 
 class DecodeError(RuntimeError):
@@ -55,13 +62,55 @@ def _decode_decord(
     unique = sorted(set(indices))
     if unique and unique[-1] >= total:
         raise DecodeError(f"asked for frame {unique[-1]} but the video has {total} frames")
-    frames = reader.get_batch(unique).asnumpy()
+    frames = _read_decord(path, reader, unique)
     if frames.shape[0] != len(unique):
         raise DecodeError(f"decord returned {frames.shape[0]} frames, {len(unique)} were asked for")
     lookup = {idx: pos for pos, idx in enumerate(unique)}
     frames = frames[[lookup[i] for i in indices]]
     # decord applies the display-matrix rotation itself (checked against PyAV + rotation in the tests).
     return DecodedVideo(frames, indices, total, fps, padded, "decord")
+
+
+def _read_decord(path: str, reader: Any, unique: list[int]) -> np.ndarray:
+    """Frames ``unique`` (sorted) as ``get_batch`` gives them when every keyframe it would seek to is a clean
+    random-access point; otherwise decoded forward, frame after frame, from the last clean keyframe at or before
+    the first of them, so no seek lands on a keyframe that gives corrupt frames (see :mod:`.keyframes`)."""
+    if not unique:
+        return reader.get_batch(unique).asnumpy()
+    keys = [int(k) for k in reader.get_key_indices()]
+    entries = [0, *entry_keyframes(keys, unique)]  # decord starts decoding at frame 0
+    probe = KeyframeProbe(path, reader.get_frame_timestamp)
+    if all(probe.is_clean(key) for key in entries):
+        return reader.get_batch(unique).asnumpy()
+    start = key_at_or_before(keys, unique[0])
+    while not probe.is_clean(start):
+        if start == 0:
+            raise DecodeError(corrupt_frame_message(0))
+        start = key_at_or_before(keys, start - 1)
+    return _read_forward(reader, keys, start, unique)
+
+
+def _read_forward(reader: Any, keys: list[int], start: int, unique: list[int]) -> np.ndarray:
+    """Frames ``unique`` decoded forward from keyframe ``start`` without another seek. decord's ``skip_frames``
+    seeks whenever the skip ends past a keyframe, so each skip stops one frame short of the next keyframe and
+    that frame is read (one frame converted per keyframe passed; the skipped ones are only decoded)."""
+    if start > 0:
+        reader.seek_accurate(start)  # a clean keyframe: the seek lands on it exactly
+    else:
+        reader.seek(0)
+    position, out = start, []  # ``position``: the frame the next read returns
+    for index in unique:
+        while True:
+            boundary = next((k for k in keys if position < k <= index), None)  # next keyframe on the way
+            stop = index if boundary is None else boundary - 1
+            if stop > position:
+                reader.skip_frames(stop - position)
+            frame = reader.next()
+            position = stop + 1
+            if boundary is None:
+                out.append(frame.asnumpy())
+                break
+    return np.stack(out)
 
 
 def _decode_pyav(
@@ -84,6 +133,7 @@ def _decode_pyav(
             decoded = 0
             for i, frame in enumerate(container.decode(stream)):
                 decoded = i + 1
+                _refuse_corrupt(frame, i)
                 if i in wanted:
                     got[i] = _rgb(frame, size)
                     rotation = int(round(getattr(frame, "rotation", 0) or 0))
@@ -98,7 +148,8 @@ def _decode_pyav(
             total = header_total
         else:  # no frame count in the header: decode everything, then select
             all_frames, rotation = [], 0
-            for frame in container.decode(stream):
+            for i, frame in enumerate(container.decode(stream)):
+                _refuse_corrupt(frame, i)
                 all_frames.append(_rgb(frame, size))
                 rotation = int(round(getattr(frame, "rotation", 0) or 0))
             total = len(all_frames)
@@ -108,6 +159,20 @@ def _decode_pyav(
         raise DecodeError("no frames decoded")
     frames = np.stack([got[i] for i in indices])
     return DecodedVideo(_rotate(frames, rotation), indices, total, fps, padded, "pyav", rotation)
+
+
+def corrupt_frame_message(index: int) -> str:
+    return (
+        f"frame {index} decodes corrupt (FFmpeg flags it even when decoding from the start: a damaged stream, or "
+        "one cut out of a longer stream)"
+    )
+
+
+def _refuse_corrupt(frame: Any, index: int) -> None:
+    # A decode from the start has every reference it needs: a frame FFmpeg still flags corrupt means a damaged
+    # stream, and its pixels are concealment guesses, not the video.
+    if frame.is_corrupt:
+        raise DecodeError(corrupt_frame_message(index))
 
 
 def _rgb(frame, size: tuple[int, int] | None) -> np.ndarray:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from lit_features.data.decode_sandbox import DecoderCrashed, DecodeSandbox, DecodeTimeout, RemoteError
-from lit_features.data.media import DecodedVideo
+from lit_features.data.media import VIDEO_DECODE_RULES, DecodedVideo
 from lit_features.data.media_cache import MediaCache
 from lit_features.data.sample import Sample
 from lit_features.data.sampling import FrameSampling
@@ -113,6 +113,8 @@ class Preprocessor:
     """
 
     required_fields = ("path",)
+    #: Whether this preprocessor may decode videos (its stores then record the video decoding rules).
+    decodes_video: ClassVar[bool] = True
 
     def validate(self, sample: Sample) -> None:
         """Raise :class:`EntryError` when ``sample`` cannot be processed by this extractor."""
@@ -129,3 +131,7 @@ class Preprocessor:
     def params(self) -> dict[str, Any]:
         """Parameters recorded in the store fingerprint."""
         return {"type": type(self).__qualname__, **dataclasses.asdict(self)}
+
+    def decode_rules(self) -> dict[str, Any]:
+        """What the store fingerprint records about decoding (nothing when no video is decoded)."""
+        return dict(VIDEO_DECODE_RULES) if self.decodes_video else {}

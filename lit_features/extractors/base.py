@@ -1,4 +1,4 @@
-"""Base class of every extractor: a frozen, predict-only LightningModule that declares its own preprocessing.
+"""Base of every extractor: a frozen, predict-only LightningModule that declares its own preprocessing.
 
 Subclasses set ``extractor_name`` (the registry name) and ``hub_id`` (where real weights come from), and
 implement :meth:`preprocessor`, :meth:`load_model` and :meth:`extract`. Weights load in ``configure_model``,
@@ -54,6 +54,13 @@ def is_about_inputs(error: BaseException) -> bool:
     thread runs at that moment: that says nothing about the samples in the model and must end the run.
     """
     return not str(error).startswith("DataLoader worker")
+
+
+def with_decode_rules(fingerprint: dict[str, Any], preprocessor: Preprocessor) -> dict[str, Any]:
+    """``fingerprint`` with a ``decode`` entry when ``preprocessor`` decodes videos: features of stores made
+    under other decoding rules may differ, so such stores are refused rather than resumed."""
+    rules = preprocessor.decode_rules()
+    return {**fingerprint, "decode": rules} if rules else fingerprint
 
 
 class MissingWeightsError(UserError, FileNotFoundError):
@@ -157,13 +164,16 @@ class FeatureExtractor(pl.LightningModule):
             k: v for k, v in dict(self.hparams).items() if k not in self.fingerprint_exclude and not k.startswith("_")
         }
         weights = weight_identity(self.model_path) if os.path.exists(self.model_path) else {"hub_id": self.model_path}
-        return {
-            "extractor": self.extractor_name or type(self).__qualname__,
-            "params": params,
-            "weights": weights,
-            "preprocess": self.preprocessor().params(),
-            "store_format": STORE_FORMAT_VERSION,
-        }
+        return with_decode_rules(
+            {
+                "extractor": self.extractor_name or type(self).__qualname__,
+                "params": params,
+                "weights": weights,
+                "preprocess": self.preprocessor().params(),
+                "store_format": STORE_FORMAT_VERSION,
+            },
+            self.preprocessor(),
+        )
 
     def store_fingerprints(self) -> dict[str, dict[str, Any]]:
         """One fingerprint per sub-store this extractor writes (``""`` is the output directory)."""

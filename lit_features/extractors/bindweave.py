@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from lit_features.data.dataset import Batch, Prepared
 from lit_features.data.preprocess import EntryError, MediaLoader, Preprocessor
 from lit_features.data.sample import Sample
-from lit_features.extractors.base import FeatureExtractor, resolve_dtype
+from lit_features.extractors.base import FeatureExtractor, resolve_dtype, with_decode_rules
 from lit_features.extractors.qwen_hidden import QwenHiddenStates
 from lit_features.extractors.qwen_inputs import RESERVED_TOKENS, QwenPromptPreprocessor
 from lit_features.extractors.wan import WanTrainingFeatures
@@ -227,13 +227,14 @@ class BindWeaveTrainingFeatures(FeatureExtractor):
             name: weight_identity(part.model_path) if os.path.exists(part.model_path) else {"hub_id": part.model_path}
             for name, part in (("wan", self.wan), ("qwen", self.qwen))
         }
-        return {
+        fingerprint = {
             "extractor": self.extractor_name,
             "params": params,
             "weights": weights,
             "preprocess": self.preprocessor().params(),
             "store_format": STORE_FORMAT_VERSION,
         }
+        return with_decode_rules(fingerprint, self.preprocessor())
 
     def load_model(self) -> torch.nn.Module:
         # Each part through its own loader (from_pretrained of its own folder), exactly as when it runs alone.

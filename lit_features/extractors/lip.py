@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -40,6 +40,8 @@ class MouthClipPreprocessor(Preprocessor):
     A file without the array, or with an array of the wrong type or shape, fails that sample only, with a
     message naming the file and the expected array.
     """
+
+    decodes_video: ClassVar[bool] = False
 
     array_key: str = "data"
 

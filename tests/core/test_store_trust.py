@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from lit_features.__main__ import main
 from lit_features.store import FeatureStore, layout
+from lit_features.store.fingerprint import fingerprint_hash
 from tests.conftest import REPO_ROOT, cli_env
 
 CONFIG = str(REPO_ROOT / "configs" / "quickstart.yaml")
@@ -129,6 +130,25 @@ def test_retrained_weights_with_the_same_names_and_sizes_are_refused(term, tiny_
     info = json.loads((out / "store.json").read_text())
     assert info["format_version"] == layout.STORE_FORMAT_VERSION and info["accepted_weights"]
     assert predict(term, weights, manifest, out)[0] == 0  # the store now knows these weights
+
+
+def test_a_store_made_under_the_old_seek_rule_is_refused_naming_it(term, tiny_models, media, tmp_path) -> None:
+    manifest = write_manifest(tmp_path / "m.json", [{"path": str(media / "realshort.mp4"), "cut": [5, 36]}])
+    out = tmp_path / "store"
+    assert predict(term, tiny_models / SIGLIP, manifest, out)[0] == 0
+    info = json.loads((out / "store.json").read_text())
+    assert info["fingerprint"]["decode"] == {"seek": "clean_keyframes"}
+    # As a store written before decoding recorded its rules: its clips may hold frames from an unclean seek.
+    del info["fingerprint"]["decode"]
+    info["fingerprint_hash"] = fingerprint_hash(info["fingerprint"])
+    (out / "store.json").write_text(json.dumps(info))
+    before = snapshot(out)
+    code, text = predict(term, tiny_models / SIGLIP, manifest, out)
+    line = error_line(text)
+    assert code == 2 and "decode.seek: '<absent>' -> 'clean_keyframes'" in line and "--writer.overwrite true" in line
+    assert snapshot(out) == before, "a refused run changed the store"
+    code, text = predict(term, tiny_models / SIGLIP, manifest, out, "--writer.overwrite", "true")
+    assert code == 0 and json.loads((out / "store.json").read_text())["fingerprint"]["decode"]
 
 
 # -- 2. two keys, one file --------------------------------------------------------------------------------------

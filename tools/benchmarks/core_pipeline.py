@@ -9,7 +9,8 @@ GPU encoder). ``--quick``: 3 clips, the decode-bound variant only, one run each 
 Rows per variant, all measured in this one run, side by side (the machine may be shared: compare ratios):
 - ``seed-style loop``: ``tools/seed_loop.py`` in its own process: decord ``get_batch`` of only the sampled
   frames, one clip at a time, the same preprocessing and model. Its features are checked equal, bit for bit,
-  to the pipeline's (``features_equal``).
+  to the pipeline's (``features_equal``), except where the loop's ``get_batch`` seeks to a keyframe that is not
+  a clean random-access point and gets wrong frames (checked per such clip; not counted as equal).
 - ``pipeline``: ``python -m lit_features predict --config configs/quickstart.yaml`` in its own process
   (defaults, except manifest order so both go through the clips in the same order).
 - ``floor``: the CPU-seconds of decoding (one decoder thread), transforms and the model (one torch thread)
