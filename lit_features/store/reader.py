@@ -15,6 +15,7 @@ from lit_features.errors import UserError
 from lit_features.store import layout
 from lit_features.store.codecs import decode
 from lit_features.store.resume import row_files, row_problem
+from lit_features.units.rows import iter_unit_rows
 
 
 class StoreReadError(UserError, OSError):
@@ -29,7 +30,8 @@ class FeatureStore:
     """A read-only view of a store written by :class:`~lit_features.store.writer.FeatureWriter`.
 
     The per-rank index files are the source of truth (the merged ``index.jsonl`` is a convenience that a
-    killed run may not have refreshed); the latest row per key wins.
+    killed run may not have refreshed); the latest row per key wins. A store written in work units is read
+    from its unit indexes directly (no merge step needed).
     """
 
     def __init__(self, root: str | os.PathLike):
@@ -46,6 +48,8 @@ class FeatureStore:
         for path in layout.rank_files(self.root, layout.INDEX_DIR):
             for row in layout.read_jsonl_rows(path):
                 self._rows[row["key"]] = row
+        for row in iter_unit_rows(self.root):
+            self._rows[row["key"]] = row
         self._keys = sorted(self._rows)
 
     @property
@@ -140,6 +144,9 @@ class FeatureStore:
             for row in layout.read_jsonl_rows(path):
                 if row["key"] not in self._rows:
                     rows[row["key"]] = row
+        for row in iter_unit_rows(self.root, failures=True):
+            if row["key"] not in self._rows:
+                rows[row["key"]] = row
         return [rows[k] for k in sorted(rows)]
 
     def as_dataset(self, names: Sequence[str] | None = None, keys: Sequence[str] | None = None) -> FeatureDataset:

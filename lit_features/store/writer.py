@@ -157,6 +157,11 @@ class FeatureWriter(BasePredictionWriter):
         self._finished = False
         self._crashed = False
         self.run_summary: dict[str, Any] = {}  # over all ranks, on rank 0 at the end of a run
+        self.units: Any = None  # a units.writing.UnitWriting when the DataModule works in units
+
+    def units_root(self) -> Path:
+        """Where a DataModule working in units keeps the unit list (``<output_dir>/units``'s parent)."""
+        return self.output_dir
 
     # -- set-up ------------------------------------------------------------------------------------------------
     def _store_root(self, name: str) -> Path:
@@ -171,6 +176,11 @@ class FeatureWriter(BasePredictionWriter):
             return
         self.rank, self.world_size = trainer.global_rank, trainer.world_size
         self.stores = self._make_stores(pl_module)
+        unit_list = getattr(trainer.datamodule, "units", None)
+        if unit_list is not None:
+            self._setup_units(trainer, unit_list)
+            return
+        self.units = None
         samples = getattr(trainer.datamodule, "samples", None)  # read and validated by the DataModule's setup
         self._by_key = {s.key: s for s in samples} if samples else {}
         self.read_only, self._plan = None, None
@@ -207,6 +217,19 @@ class FeatureWriter(BasePredictionWriter):
         self._set_up, self._finished, self._crashed = True, False, False
         self.run_summary = {}
 
+    def _setup_units(self, trainer: pl.Trainer, unit_list: Any) -> None:
+        from lit_features.units.writing import UnitWriting  # units build on the store package: import late
+
+        datamodule = trainer.datamodule
+        self.units = UnitWriting(self.output_dir, self.stores, unit_list, self.rank, self.world_size)
+        self.read_only, self._plan, self.skipped = None, None, 0
+        self._writer = self.units.open(
+            trainer, self, getattr(datamodule, "lease_expiry_s", 300.0), getattr(datamodule, "wait_for_units", True)
+        )
+        self._started = time.monotonic()
+        self._set_up, self._finished, self._crashed = True, False, False
+        self.run_summary = {}
+
     def _make_stores(self, pl_module: pl.LightningModule) -> dict[str, StoreState]:
         fingerprints = (
             pl_module.store_fingerprints()
@@ -227,6 +250,9 @@ class FeatureWriter(BasePredictionWriter):
 
     def _open_on_rank_zero(self, samples: Sequence[Any] | None) -> dict[str, list[str]]:
         """Refuse, lock, verify and prepare (see :func:`open_stores`); returns the keys whose rows lie."""
+        from lit_features.units.job import refuse_old_layout  # units build on the store package: import late
+
+        refuse_old_layout(self.stores, units_given=False)
         opened = open_stores(
             self.output_dir, self.stores, self.path_template, self.codec, samples, self.overwrite, self.accept_weights
         )
@@ -302,6 +328,8 @@ class FeatureWriter(BasePredictionWriter):
         first = next(iter(self.stores.values()), None)
         if first is None or self.read_only is not None:
             return None
+        if self.units is not None:
+            return self.units.attempt_log()
         return str(layout.rank_file(first.root, layout.ATTEMPTS_DIR, self.rank))
 
     # -- writing -------------------------------------------------------------------------------------------------
@@ -324,6 +352,11 @@ class FeatureWriter(BasePredictionWriter):
             self._writer.timing["model_s"] += prediction.model_seconds
             self._writer.timing["decode_s"] += prediction.decode_seconds
             self._writer.timing["transform_s"] += prediction.transform_seconds
+        if self.units is not None:
+            assert self._writer is not None
+            routes, ends = self.units.note_batch(batch)
+            self._writer.put(prediction or PredictionOutput([], []), routes, ends)
+        elif prediction is not None:
             self._writer.put(prediction)
         if getattr(trainer, "received_sigterm", False):
             # Lightning notes SIGTERM but its predict loop runs on: stop here (what is queued gets written).
@@ -346,7 +379,7 @@ class FeatureWriter(BasePredictionWriter):
         self._writer.close()
         self._writer.raise_if_failed()
         try:
-            run = self._merge(trainer)
+            run = self._merge(trainer) if self.units is None else self.units.finish(trainer, self._rank_summary())
         except OSError as err:
             self._release_lock()
             raise StoreWriteError(
@@ -361,11 +394,11 @@ class FeatureWriter(BasePredictionWriter):
                 "or fix the filesystem, then rerun."
             )
 
-    def _merge(self, trainer: pl.Trainer) -> dict[str, Any]:
+    def _rank_summary(self) -> dict[str, Any]:
         writer = self._writer
         assert writer is not None
         elapsed = time.monotonic() - self._started
-        self.summary = {
+        return {
             "rank": self.rank,
             "written": writer.counts["written"],
             "failed": writer.counts["failed"],
@@ -377,6 +410,9 @@ class FeatureWriter(BasePredictionWriter):
             **{f"seconds_{k.removesuffix('_s')}": v for k, v in writer.timing.items()},
             "failures": writer.run_failures,
         }
+
+    def _merge(self, trainer: pl.Trainer) -> dict[str, Any]:
+        self.summary = self._rank_summary()
         summary_dir = self._summary_dir()
         layout.atomic_write_text(summary_dir / f"rank-{self.rank}.json", json.dumps(self.summary, default=str))
         trainer.strategy.barrier("lit_features_store_merge")
@@ -415,6 +451,8 @@ class FeatureWriter(BasePredictionWriter):
         if self._writer is not None:
             self._writer.close()  # persist what was already computed before the run goes down
         self._note_worker_death(trainer, exception)
+        if self.units is not None:
+            self.units.stop()
         self._release_lock()
 
     def _note_worker_death(self, trainer: pl.Trainer, exception: BaseException) -> None:
@@ -423,6 +461,8 @@ class FeatureWriter(BasePredictionWriter):
         if attempts is None:
             return
         logs = [layout.rank_file(store.root, layout.CRASHES_DIR, self.rank) for store in self.stores.values()]
+        if self.units is not None:
+            logs = self.units.crash_logs()
         stopping = bool(getattr(trainer, "received_sigterm", False))
         samples, reason = record_worker_death(exception, Path(attempts), logs, stopping, self.rank)
         first = next(iter(self.stores.values()))
@@ -434,6 +474,8 @@ class FeatureWriter(BasePredictionWriter):
             )  # fmt: skip
 
     def _release_lock(self) -> None:
+        if self.units is not None:
+            self.units.release_lock()
         if self._lock is not None:
             self._lock.release()
             self._lock = None

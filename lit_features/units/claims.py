@@ -22,6 +22,9 @@ from lit_features.units.unit_list import DONE_FILE, Unit, UnitList, unit_dir
 log = logging.getLogger(__name__)
 
 FINISHED_PREFIX = "finished-g"
+#: :meth:`UnitClaimer.next_unit` found only units that other live jobs hold, and waits for them.
+WAIT = "wait"
+ELSEWHERE, OURS = -1, -2
 
 
 def new_job_id() -> str:
@@ -95,29 +98,34 @@ class UnitClaimer:
         units = self.units.units
         return units[self._next :] + units[: self._next]
 
-    def next_unit(self) -> tuple[Unit, int] | None:
-        """Claim the next unit: ``(unit, generation)``, or ``None`` when no unit is left for this job."""
-        while True:
-            held_elsewhere = False
-            for unit in self._order():
-                if unit.number in self.known_done:
-                    continue
-                claimed = self._try(unit)
-                if claimed is None:
-                    continue
-                if claimed < 0:
-                    held_elsewhere = True
-                    continue
-                self._next = (unit.number + 1) % len(self.units.units)
-                self.claimed.append((unit.uid, claimed))
-                self.keeper.hold(unit.uid, unit_dir(self.output_dir, unit.uid), claimed)
-                return unit, claimed
-            if not (held_elsewhere and self.wait):
-                return None
-            self.sleep(self.poll_s)
+    def next_unit(self) -> tuple[Unit, int] | str | None:
+        """Claim the next unit: ``(unit, generation)``; :data:`WAIT` when only units of other live jobs are
+        left and this job waits for them (after sleeping one poll interval); ``None`` when no unit is left.
+
+        Never blocks for longer than one poll: the caller keeps its own pipeline moving between polls (its
+        last samples must be written while it waits, or two waiting jobs would wait for each other).
+        """
+        held_elsewhere = False
+        for unit in self._order():
+            if unit.number in self.known_done:
+                continue
+            claimed = self._try(unit)
+            if claimed is None:
+                continue
+            if claimed < 0:
+                held_elsewhere = held_elsewhere or claimed == ELSEWHERE
+                continue
+            self._next = (unit.number + 1) % len(self.units.units)
+            self.claimed.append((unit.uid, claimed))
+            self.keeper.hold(unit.uid, unit_dir(self.output_dir, unit.uid), claimed)
+            return unit, claimed
+        if not (held_elsewhere and self.wait):
+            return None
+        self.sleep(self.poll_s)
+        return WAIT
 
     def _try(self, unit: Unit) -> int | None:
-        """The generation claimed; ``None``: done (or lost a race); ``-1``: a live job holds it."""
+        """The generation claimed; ``None``: done; ``ELSEWHERE``: another live job holds it; ``OURS``: we do."""
         folder = unit_dir(self.output_dir, unit.uid)
         view = lease.inspect_unit(folder)
         if view.done:
@@ -127,11 +135,11 @@ class UnitClaimer:
         if view.generation is not None:
             reason = view.stale_reason()
             if reason is None:
-                return -1
+                return OURS if isinstance(view.info, dict) and view.info.get("job") == self.job else ELSEWHERE
             generation = view.generation + 1
         info = lease.owner_info(self.job, self.world_size, self.expiry_s)
         if not lease.try_create(folder, generation, info):
-            return -1  # another job claimed it this instant: it is alive
+            return ELSEWHERE  # another job claimed it this instant: it is alive
         if view.generation is not None:
             log.warning(
                 "unit %s: taking it over from %s: %s", unit.uid, lease.describe_owner(view.info), view.stale_reason()

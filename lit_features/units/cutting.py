@@ -16,7 +16,7 @@ import json
 import logging
 import os
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +70,7 @@ def _parse_line(line: bytes, file: Path, index: int) -> dict[str, Any]:
 class _Cutter:
     """Accumulates units and the 16 bytes per entry that key assignment needs across units."""
 
-    def __init__(self, units_dir: Path, unit_size: int):
+    def __init__(self, units_dir: Path, unit_size: int, check: Callable[[RawEntry], None] | None = None):
         if unit_size < 1:
             raise ValueError(f"unit_size must be >= 1, got {unit_size}")
         self.units_dir = units_dir
@@ -79,8 +79,11 @@ class _Cutter:
         self.units: list[Unit] = []
         self.names = array("Q")  # stable hash of each entry's sanitised name
         self.idents = array("q")  # this process's hash of each entry's absolute identity
+        self.check = check
 
     def note(self, r: RawEntry) -> None:
+        if self.check is not None:
+            self.check(r)
         plain, ident = entry_identity(r)
         self.names.append(int(name_hash(sanitize_key(plain)), 16))
         self.idents.append(hash(ident))
@@ -201,9 +204,15 @@ def manifest_inputs(manifests: Sequence[str | os.PathLike]) -> list[dict[str, An
 
 
 def cut_manifests(
-    manifests: str | os.PathLike | Sequence[str | os.PathLike], units_dir: Path, unit_size: int, root: str | None
+    manifests: str | os.PathLike | Sequence[str | os.PathLike],
+    units_dir: Path,
+    unit_size: int,
+    root: str | None,
+    check: Callable[[RawEntry], None] | None = None,
 ) -> UnitList:
     """Cut ``manifests`` into units of ``unit_size`` entries (not yet published: see :meth:`UnitList.write`).
+
+    ``check`` is called on every entry (e.g. the extractor's own validation), before any model loads.
 
     Raises:
         ManifestError: an entry is invalid, a manifest is empty, or two entries give one key differently.
@@ -212,7 +221,7 @@ def cut_manifests(
         manifests = [manifests]
     root = os.path.abspath(root) if root is not None and as_location(root).__class__ is Path else root
     units_dir.mkdir(parents=True, exist_ok=True)
-    cutter = _Cutter(units_dir, unit_size)
+    cutter = _Cutter(units_dir, unit_size, check)
     inputs = manifest_inputs(manifests)
     for m in manifests:
         before = len(cutter.names)

@@ -58,6 +58,8 @@ class LeaseView:
                 return f"its lease file is unreadable (corrupt) and {self.age_s:.0f} s old"
             return None
         expiry = _expiry(info)
+        if self.age_s > 10 * 365 * 86400:  # dated back to 1970 by its owner
+            return "its job stopped before finishing it (lease released)"
         if self.age_s > expiry:
             return f"its heartbeat is {self.age_s:.1f} s old (expiry {expiry:g} s)"
         if info.get("host") == socket.gethostname() and isinstance(info.get("pid"), int):
