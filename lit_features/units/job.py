@@ -83,7 +83,7 @@ def refuse_old_layout(stores: dict[str, StoreState], units_given: bool) -> None:
             raise UnitLayoutError(
                 f"{store.root} holds samples in the layout without work units (index/rank-*.jsonl); a job in "
                 "units would not see them. Migrate the output directory once, when no job runs: `python -m "
-                "lit_features migrate-units OUTPUT_DIR --manifest M --unit_size N` (the job's manifest and "
+                "lit_features migrate-units OUTPUT_DIR MANIFEST --unit_size N` (the job's manifest and "
                 "--data.root), or drop --data.unit_size."
             )
         if not units_given and has_units:

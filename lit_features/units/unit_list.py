@@ -24,8 +24,8 @@ from typing import Any
 
 from lit_features.errors import UserError
 from lit_features.store import layout
+from lit_features.store.layout import UNITS_DIR
 
-UNITS_DIR = "units"
 LIST_FILE = "list.json"
 LIST_FORMAT = 1
 DONE_FILE = "done"
