@@ -16,6 +16,9 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 
+from lit_features.interfaces import run_samples
+from lit_features.store.writer import FeatureWriter
+
 log = logging.getLogger("lit_features")
 
 
@@ -30,9 +33,9 @@ def describe_devices(trainer: pl.Trainer) -> str:
     return f"{n} device{'s' if n != 1 else ''} ({', '.join(parts)})"
 
 
-def _writer(trainer: pl.Trainer) -> Any:
-    """The feature writer among the callbacks (anything with an ``output_dir`` and a run summary)."""
-    return next((c for c in trainer.callbacks if hasattr(c, "output_dir") and hasattr(c, "skip_keys")), None)
+def _writer(trainer: pl.Trainer) -> FeatureWriter | None:
+    """The feature writer among the callbacks."""
+    return next((c for c in trainer.callbacks if isinstance(c, FeatureWriter)), None)
 
 
 def first_line(trainer: pl.Trainer, module: pl.LightningModule) -> str:
@@ -42,8 +45,7 @@ def first_line(trainer: pl.Trainer, module: pl.LightningModule) -> str:
     line = f"predict {job}" + (f" ({model})" if model else "")
     if writer is not None:
         line += f" -> {writer.output_dir}"
-    data = trainer.datamodule
-    samples, dataset = getattr(data, "samples", None), getattr(data, "dataset", None)
+    samples, dataset = run_samples(trainer), getattr(trainer.datamodule, "dataset", None)
     if samples is not None and dataset is not None:
         before = len(samples) - len(dataset)
         line += f": {len(dataset)} of {len(samples)} samples to do ({before} already in the store or failed before)"
@@ -52,7 +54,7 @@ def first_line(trainer: pl.Trainer, module: pl.LightningModule) -> str:
 
 def last_line(trainer: pl.Trainer) -> str | None:
     writer = _writer(trainer)
-    run = getattr(writer, "run_summary", None)
+    run = writer.run_summary if writer is not None else None
     if not run:
         return None
     line = f"done: {run['written']} written, {run['failed']} failed, {run['skipped']} skipped (already in the store)"
@@ -60,7 +62,7 @@ def last_line(trainer: pl.Trainer) -> str | None:
         line += f" in {run['seconds']:.1f} s, {run['samples_per_s']:.2f} samples/s"
     line += f" -> {writer.output_dir}"
     if run["failed"]:
-        roots = [store.root for store in getattr(writer, "stores", {}).values()] or [writer.output_dir]
+        roots = [store.root for store in writer.stores.values()] or [writer.output_dir]
         where = (
             roots[0] / "failures.jsonl" if len(roots) == 1 else f"failures.jsonl of each store in {writer.output_dir}"
         )

@@ -36,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from lit_features.data.manifest import ManifestError
+from lit_features.data.list_files import list_file_pairs
+from lit_features.data.manifest_error import ManifestError
 from lit_features.data.sampling import fps_interval
 from lit_features.errors import ConfigError, UserError
 from lit_features.progress import progress
@@ -141,13 +142,7 @@ def read_ann_list(ann_txt_path: str, absolute_paths: bool = True) -> list[tuple[
     if not list_file.exists():
         raise ManifestError(list_file, "annotation list not found")
     rows = []
-    for lineno, line in enumerate(list_file.read_text(encoding="utf-8").splitlines(), start=1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) != 2 or not all(parts):
-            raise ManifestError(list_file, f"expected '<dataset_root>,<meta_json>', got {line!r}", entry=lineno)
+    for lineno, *parts in list_file_pairs(list_file.read_text(encoding="utf-8").splitlines(), list_file):
         root, meta = (Path(p) if os.path.isabs(p) else list_file.parent / p for p in parts)
         if not meta.exists():
             raise ManifestError(list_file, f"meta JSON {str(meta)!r} does not exist", entry=lineno)

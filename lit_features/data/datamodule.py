@@ -16,6 +16,7 @@ from lit_features.data.decode_sandbox import DecodeSandbox
 from lit_features.data.manifest import ManifestError, Sample, build_samples, read_iianet_split, read_manifests
 from lit_features.data.media_cache import MediaCache
 from lit_features.data.preprocess import EntryError, Preprocessor
+from lit_features.interfaces import resume_planners
 from lit_features.units.sampling import UnitSampleDataset, UnitSampler, UnitWorkSource, open_units
 from lit_features.units.unit_list import UnitList
 
@@ -186,6 +187,11 @@ class ManifestDataModule(pl.LightningDataModule):
             return samples
         return read_manifests(self.manifest, self.root)  # type: ignore[arg-type]
 
+    def describe_inputs(self) -> str:
+        """The manifest(s) or split folder this DataModule reads (:class:`~lit_features.interfaces.SampleProvider`)."""
+        source = self.root or self.split_root or self.manifest
+        return ",".join(map(str, source)) if isinstance(source, (list, tuple)) else str(source)
+
     @staticmethod
     def validate_samples(samples: list[Sample], preprocessor: Preprocessor) -> None:
         """Check every entry against the extractor's needs; the first problem raises a :class:`ManifestError`."""
@@ -240,10 +246,9 @@ class ManifestDataModule(pl.LightningDataModule):
     def _writer_state(self) -> tuple[set[str], str | None]:
         skip: set[str] = set()
         attempt_log = None
-        for callback in self.trainer.callbacks if self.trainer is not None else []:
-            if hasattr(callback, "skip_keys"):
-                skip |= callback.skip_keys(self.samples)
-                attempt_log = callback.attempt_log_path()
+        for planner in resume_planners(self.trainer) if self.trainer is not None else []:
+            skip |= planner.skip_keys(self.samples)
+            attempt_log = planner.attempt_log_path()
         return skip, attempt_log
 
     def rank_share(self, dataset: SampleDataset, world_size: int, rank: int) -> list[int]:
@@ -256,7 +261,8 @@ class ManifestDataModule(pl.LightningDataModule):
     def unit_loader(self, preprocessor: Preprocessor) -> DataLoader:
         """A loader over the units this job claims as it goes (see :mod:`lit_features.units.sampling`)."""
         assert self.units is not None
-        _, attempt_log = self._writer_state()
+        planners = resume_planners(self.trainer) if self.trainer is not None else []
+        attempt_log = planners[0].attempt_log_path() if planners else None
         sandbox = DecodeSandbox(self.decode_timeout_s, enabled=self.sandbox)
         cache = MediaCache(self.media_cache_dir, int(self.media_cache_gb * 2**30))
         dataset = UnitSampleDataset(self.units, preprocessor, sandbox, self.video_backend, attempt_log, cache)

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from lit_features.data.keys import assign_keys, selector_suffix, short_hash
+from lit_features.data.list_files import iianet_folders, list_file_pairs, read_split_list
+from lit_features.data.manifest_error import ManifestError
 from lit_features.data.remote import (
     Location,
     as_location,
@@ -30,7 +32,6 @@ from lit_features.data.remote import (
     relative_name,
     resolve,
 )
-from lit_features.errors import UserError
 from lit_features.progress import progress
 
 log = logging.getLogger(__name__)
@@ -41,25 +42,11 @@ CSV_PATH_COLUMNS = ("path", "video", "video_path", "filename", "file", "image")
 CSV_CAPTION_COLUMNS = ("cap", "caption", "text", "prompt", "description")
 # Per-entry lists of reference image paths (``img_paths`` is the OpenS2V-Eval / BindWeave spelling).
 IMAGE_LIST_FIELDS = ("images", "img_paths")
-IIANET_SPLITS = {"train": ("tr",), "val": ("cv",), "test": ("tt",), "all": ("tr", "cv", "tt")}
 #: Entry fields besides the media and its ``cut`` that change features (captions and prompts feed the Wan and
 #: Qwen text encoders, reference images the I2V and Qwen image paths): part of a sample's input identity.
 INPUT_FIELDS = ("cap", "prompt", "negative_prompt", *IMAGE_LIST_FIELDS)
 #: Largest frame index, frame count or pixel size an entry may give (decoders index frames with 32-bit ints).
 MAX_COUNT = 2**31 - 1
-
-
-class ManifestError(UserError, ValueError):
-    """A manifest problem a user can fix; the message names the file, the entry and the field."""
-
-    def __init__(self, file: str | os.PathLike, message: str, entry: int | None = None, field: str | None = None):
-        where = f"{file}"
-        if entry is not None:
-            where += f", entry {entry}"
-        if field is not None:
-            where += f", field '{field}'"
-        super().__init__(f"{where}: {message}")
-        self.file, self.entry, self.field = str(file), entry, field
 
 
 @dataclass(frozen=True)
@@ -235,15 +222,9 @@ def read_list_file(file: Location) -> list[RawEntry]:
     """``<dataset_root>,<meta_json>`` lines; relative roots/JSONs resolve against the list file's folder."""
     out = []
     with open_text(file) as fh:
-        for lineno, line in enumerate(fh, start=1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            parts = [p.strip() for p in line.split(",")]
-            if len(parts) != 2 or not all(parts):
-                raise ManifestError(file, f"expected '<dataset_root>,<meta_json>', got {line!r}", entry=lineno)
-            root = as_location(_resolve(file.parent, parts[0]))
-            meta = as_location(_resolve(file.parent, parts[1]))
+        for lineno, root_text, meta_text in list_file_pairs(fh, file):
+            root = as_location(_resolve(file.parent, root_text))
+            meta = as_location(_resolve(file.parent, meta_text))
             if not meta.exists():
                 raise ManifestError(file, f"meta JSON {str(meta)!r} does not exist", entry=lineno)
             out.extend(read_json_list(meta, root) if meta.suffix != ".jsonl" else read_jsonl(meta, root))
@@ -299,18 +280,12 @@ def read_iianet_split(split_root: Path, split: str, root: str | os.PathLike | No
     Relative paths in the lists resolve as IIANet opens them: against the working directory, or against
     ``root`` when given (``--data.root``) — never against the list's own folder.
     """
-    if split not in IIANET_SPLITS:
-        raise ManifestError(split_root, f"unknown split {split!r}; choose one of {sorted(IIANET_SPLITS)}")
     base = Path(root) if root is not None else Path.cwd()
     out, seen = [], set()
-    for sub in IIANET_SPLITS[split]:
+    for folder in iianet_folders(split_root, split):
         for name in ("s1.json", "s2.json"):
-            file = split_root / sub / name
-            if not file.exists():
-                raise ManifestError(file, "split list not found (expected tr/, cv/, tt/ each with s1.json, s2.json)")
-            rows = _load_json(file)
-            if not isinstance(rows, list):
-                raise ManifestError(file, "expected a JSON list of [wav, mouth_npz, n] rows")
+            file = folder / name
+            rows = read_split_list(file, "[wav, mouth_npz, n]")
             for i, row in enumerate(rows):
                 if not (isinstance(row, list) and len(row) >= 2 and isinstance(row[1], str) and row[1]):
                     raise ManifestError(file, f"expected [wav, mouth_npz, n], got {row!r}", i, "mouth_npz")

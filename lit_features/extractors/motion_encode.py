@@ -12,7 +12,6 @@ tokens) and ``compression_ratio`` (0-d, latent size / input size = ``latent_dim 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Any
 
@@ -20,6 +19,7 @@ import torch
 
 from lit_features.data.dataset import Batch
 from lit_features.extractors.base import FeatureExtractor, MissingWeightsError
+from lit_features.store.weights import sha256_file
 from lit_features.training.feature_data import StoredFeaturePreprocessor
 
 #: Recorded in the fingerprint: stores written before the outputs followed upstream (latent flattened to
@@ -75,11 +75,9 @@ class MotionEncodeFeatures(FeatureExtractor):
     def fingerprint(self) -> dict[str, Any]:
         fp = super().fingerprint()
         # A retrained checkpoint keeps its name and size: identify the weights by content (the file is small).
-        digest = hashlib.sha256()
-        with open(self.model_path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        fp["weights"] = {"file": os.path.basename(self.model_path), "sha256": digest.hexdigest()[:16]}
+        # 16 characters: what stores of this job recorded from the start (a longer digest would refuse them).
+        digest = sha256_file(self.model_path, chars=16)
+        fp["weights"] = {"file": os.path.basename(self.model_path), "sha256": digest}
         fp["outputs"] = OUTPUT_LAYOUT
         return fp
 

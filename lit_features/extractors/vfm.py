@@ -23,8 +23,8 @@ What ``feature`` is, per model (48 frames):
   (``last_hidden_state`` without the CLS token), frames run in chunks of ``chunk_size``.
 
 :class:`MultiVFMFeatures` runs any subset of these over each video decoded once, one sub-store per model.
-Every run ends with upstream's reports (:mod:`lit_features.extractors.vfm_report`): ``failed_videos.txt`` in
-each model's folder, ``vfm_dimensions.txt`` and ``vfm_summary.json`` in the output folder.
+Every run ends with upstream's reports, which the feature writer leaves (:mod:`lit_features.store.vfm_report`):
+``failed_videos.txt`` in each model's folder, ``vfm_dimensions.txt`` and ``vfm_summary.json`` in the output folder.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from lit_features.data.preprocess import EntryError, MediaLoader, Preprocessor
 from lit_features.data.sampling import FrameSampling
 from lit_features.data.transforms import NORMALIZATION_PRESETS, normalize, resize, to_tensor
 from lit_features.extractors.base import FeatureExtractor, MissingWeightsError, is_about_inputs, quiet_transformers
-from lit_features.extractors.vfm_report import write_run_summary
+from lit_features.interfaces import ModelsReport
 from lit_features.models.weights import from_pretrained_strict
 from lit_features.records import Failure, FeatureRecord, PredictionOutput
 
@@ -232,19 +232,9 @@ class VFMFeatures(FeatureExtractor):
         }
 
     # -- end of run
-    def store_labels(self) -> dict[str, str]:
-        """Sub-store name -> model label, for the run summary."""
-        return {"": self.model_label}
-
-    def model_dims(self) -> dict[str, int | None]:
-        return {self.model_label: self.feature_dim}
-
-    def skipped_models(self) -> dict[str, str]:
-        return {}
-
-    def on_predict_end(self) -> None:
-        if self.trainer.global_rank == 0:
-            write_run_summary(self, self.trainer)
+    def models_report(self) -> ModelsReport:
+        """This model, for the report the writer leaves at the end of every run (upstream's reports)."""
+        return ModelsReport({"": self.model_label}, {self.model_label: self.feature_dim}, {}, self.num_frames)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -707,15 +697,11 @@ class MultiVFMFeatures(FeatureExtractor):
                 records.append(FeatureRecord(key, source, {"feature": feat.contiguous()}, meta, store=name))
         return PredictionOutput(records, failures)
 
-    def store_labels(self) -> dict[str, str]:
-        return {name: name for name in self.members}
-
-    def model_dims(self) -> dict[str, int | None]:
-        return {name: m.feature_dim for name, m in self.members.items()}
-
-    def skipped_models(self) -> dict[str, str]:
-        return dict(self.skipped)
-
-    def on_predict_end(self) -> None:
-        if self.trainer.global_rank == 0:
-            write_run_summary(self, self.trainer)
+    def models_report(self) -> ModelsReport:
+        """Every member (a sub-store each) and the models left out, for the writer's end-of-run report."""
+        return ModelsReport(
+            labels={name: name for name in self.members},
+            dims={name: m.feature_dim for name, m in self.members.items()},
+            skipped=dict(self.skipped),
+            num_frames=self.preprocessor().num_frames,
+        )

@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,21 @@ def read_jsonl_rows(path: Path) -> Iterator[dict[str, Any]]:
                     continue
     except FileNotFoundError:
         return
+
+
+def latest_rows(root: Path, folder: str, exclude: Container[str] = ()) -> dict[str, dict[str, Any]]:
+    """``{key: row}`` over every rank's log in ``root/folder`` (e.g. :data:`INDEX_DIR`): the latest row per key.
+
+    Rank files are read in rank order and each from start to end, so a later row for a key replaces an earlier
+    one (a redo after a failure, an adopted file). Keys in ``exclude`` are left out (e.g. failures of keys that
+    are done). The one reading of "what a store holds" that the writer, the reader and the merge share.
+    """
+    rows: dict[str, dict[str, Any]] = {}
+    for path in rank_files(root, folder):
+        for row in read_jsonl_rows(path):
+            if row["key"] not in exclude:
+                rows[row["key"]] = row
+    return rows
 
 
 def repair_torn_tail(path: Path) -> None:

@@ -44,12 +44,8 @@ class FeatureStore:
             self.info: dict[str, Any] = json.loads(meta_path.read_text())
         except (OSError, ValueError) as err:
             raise StoreReadError(f"{meta_path}: cannot read the store's description ({err})") from None
-        self._rows: dict[str, dict[str, Any]] = {}
-        for path in layout.rank_files(self.root, layout.INDEX_DIR):
-            for row in layout.read_jsonl_rows(path):
-                self._rows[row["key"]] = row
-        for row in iter_unit_rows(self.root):
-            self._rows[row["key"]] = row
+        self._rows = layout.latest_rows(self.root, layout.INDEX_DIR)
+        self._rows.update((row["key"], row) for row in iter_unit_rows(self.root))  # a store in work units
         self._keys = sorted(self._rows)
 
     @property
@@ -139,14 +135,10 @@ class FeatureStore:
 
     def failures(self) -> list[dict[str, Any]]:
         """Failure rows (latest per key) for keys that are not done."""
-        rows: dict[str, dict[str, Any]] = {}
-        for path in layout.rank_files(self.root, layout.FAILURES_DIR):
-            for row in layout.read_jsonl_rows(path):
-                if row["key"] not in self._rows:
-                    rows[row["key"]] = row
-        for row in iter_unit_rows(self.root, failures=True):
-            if row["key"] not in self._rows:
-                rows[row["key"]] = row
+        rows = layout.latest_rows(self.root, layout.FAILURES_DIR, exclude=self._rows)
+        rows.update(
+            (row["key"], row) for row in iter_unit_rows(self.root, failures=True) if row["key"] not in self._rows
+        )
         return [rows[k] for k in sorted(rows)]
 
     def as_dataset(self, names: Sequence[str] | None = None, keys: Sequence[str] | None = None) -> FeatureDataset:

@@ -149,15 +149,9 @@ class StoreState:
     # -- every rank ---------------------------------------------------------------------------------------------
     def load(self, rows: bool) -> None:
         """Read what is done (whole rows when ``rows``), failed and crashed, from every rank's logs."""
-        self.done = {}
-        for path in layout.rank_files(self.root, layout.INDEX_DIR):
-            for row in layout.read_jsonl_rows(path):
-                self.done[row["key"]] = row if rows else None
-        self.failures = {}
-        for path in layout.rank_files(self.root, layout.FAILURES_DIR):
-            for row in layout.read_jsonl_rows(path):
-                if row["key"] not in self.done:
-                    self.failures[row["key"]] = row
+        index = layout.latest_rows(self.root, layout.INDEX_DIR)
+        self.done = index if rows else dict.fromkeys(index)
+        self.failures = layout.latest_rows(self.root, layout.FAILURES_DIR, exclude=self.done)
         self.crashes = {k: v for k, v in crash_rows(self.root).items() if k not in self.done}
 
     def unverified(self, keys: Iterable[str] | None = None) -> dict[str, str]:

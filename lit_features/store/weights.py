@@ -44,10 +44,10 @@ def _stat_key(st: os.stat_result) -> dict[str, int]:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "ino": st.st_ino}
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes (first :data:`DIGEST_CHARS` characters)."""
+def sha256_file(path: str | os.PathLike, chars: int = DIGEST_CHARS) -> str:
+    """Hex SHA-256 of a file's bytes (its first ``chars`` characters)."""
     with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()[:DIGEST_CHARS]
+        return hashlib.file_digest(fh, "sha256").hexdigest()[:chars]
 
 
 class DigestCache:

@@ -13,9 +13,7 @@ are settled, so the DataModule drops them before the sampler shards the rest.
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 import signal
 import time
 from collections.abc import Sequence
@@ -26,23 +24,20 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from lit_features.errors import UserError
+from lit_features.interfaces import ReportsModels, SampleProvider, WorkItem, run_samples, run_units
 from lit_features.records import Failure, PredictionOutput
-from lit_features.store import layout
+from lit_features.store import layout, run_summary
 from lit_features.store.codecs import EXTENSIONS
+from lit_features.store.exports import export_entries_jsonl, export_manifest_with_features
 from lit_features.store.lock import StoreLock, StoreNotWritableError
-from lit_features.store.merge import (
-    export_entries_jsonl,
-    export_manifest_with_features,
-    log_run_summary,
-    merge_store_logs,
-    reduce_run_summaries,
-)
+from lit_features.store.merge import merge_store_logs
 from lit_features.store.opening import open_stores
 from lit_features.store.poison import record_worker_death
 from lit_features.store.resume import adoptable_rows
 from lit_features.store.sample_writer import SampleWriter, StoreWriteError
 from lit_features.store.shared import StoreNotSharedError, check_shared_store
 from lit_features.store.state import StoreMismatchError, StoreState
+from lit_features.store.vfm_report import write_vfm_report
 
 __all__ = [
     "FeatureWriter",
@@ -51,7 +46,6 @@ __all__ = [
     "StoreRefusedError",
     "StoreWriteError",
     "check_shared_store",
-    "merge_store_logs",
 ]
 
 log = logging.getLogger(__name__)
@@ -150,8 +144,8 @@ class FeatureWriter(BasePredictionWriter):
         self.summary: dict[str, Any] = {}
         self._lock: StoreLock | None = None
         self._writer: SampleWriter | None = None
-        self._by_key: dict[str, Any] = {}
-        self._plan: tuple[Sequence[Any], set[str]] | None = None
+        self._by_key: dict[str, WorkItem] = {}
+        self._plan: tuple[Sequence[WorkItem], set[str]] | None = None
         self._started = 0.0
         self._set_up = False
         self._finished = False
@@ -162,6 +156,13 @@ class FeatureWriter(BasePredictionWriter):
     def units_root(self) -> Path:
         """Where a DataModule working in units keeps the unit list (``<output_dir>/units``'s parent)."""
         return self.output_dir
+
+    def claim_unit(self) -> Any:
+        """Rank 0, working in units: the next claimed unit with work left (see :meth:`UnitJob.claim`)."""
+        job = getattr(self.units, "unit_job", None)
+        if job is None:
+            raise RuntimeError("the feature writer has not opened the store in units on this rank")
+        return job.claim()
 
     # -- set-up ------------------------------------------------------------------------------------------------
     def _store_root(self, name: str) -> Path:
@@ -176,12 +177,12 @@ class FeatureWriter(BasePredictionWriter):
             return
         self.rank, self.world_size = trainer.global_rank, trainer.world_size
         self.stores = self._make_stores(pl_module)
-        unit_list = getattr(trainer.datamodule, "units", None)
+        unit_list = run_units(trainer)
         if unit_list is not None:
             self._setup_units(trainer, unit_list)
             return
         self.units = None
-        samples = getattr(trainer.datamodule, "samples", None)  # read and validated by the DataModule's setup
+        samples = run_samples(trainer)  # read and validated by the DataModule's setup
         self._by_key = {s.key: s for s in samples} if samples else {}
         self.read_only, self._plan = None, None
         invalid: dict[str, list[str]] = {}
@@ -220,12 +221,10 @@ class FeatureWriter(BasePredictionWriter):
     def _setup_units(self, trainer: pl.Trainer, unit_list: Any) -> None:
         from lit_features.units.writing import UnitWriting  # units build on the store package: import late
 
-        datamodule = trainer.datamodule
+        data = trainer.datamodule
         self.units = UnitWriting(self.output_dir, self.stores, unit_list, self.rank, self.world_size)
         self.read_only, self._plan, self.skipped = None, None, 0
-        self._writer = self.units.open(
-            trainer, self, getattr(datamodule, "lease_expiry_s", 300.0), getattr(datamodule, "wait_for_units", True)
-        )
+        self._writer = self.units.open(trainer, self, data.lease_expiry_s, data.wait_for_units)
         self._started = time.monotonic()
         self._set_up, self._finished, self._crashed = True, False, False
         self.run_summary = {}
@@ -248,7 +247,7 @@ class FeatureWriter(BasePredictionWriter):
             for name, fp in fingerprints.items()
         }
 
-    def _open_on_rank_zero(self, samples: Sequence[Any] | None) -> dict[str, list[str]]:
+    def _open_on_rank_zero(self, samples: Sequence[WorkItem] | None) -> dict[str, list[str]]:
         """Refuse, lock, verify and prepare (see :func:`open_stores`); returns the keys whose rows lie."""
         from lit_features.units.job import refuse_old_layout  # units build on the store package: import late
 
@@ -258,17 +257,18 @@ class FeatureWriter(BasePredictionWriter):
         )
         self._lock, self.read_only = opened.lock, opened.read_only
         if self.read_only is None:
-            shutil.rmtree(self._summary_dir(), ignore_errors=True)  # per-rank summaries of this run only
+            run_summary.clear_rank_summaries(self._first_root())  # per-rank summaries of this run only
         return opened.invalid
 
     def _input_identity(self, key: str) -> dict[str, Any] | None:
         sample = self._by_key.get(key)
-        return sample.identity() if sample is not None and hasattr(sample, "identity") else None
+        return sample.identity() if sample is not None else None
 
-    def _summary_dir(self) -> Path:
-        return next(iter(self.stores.values())).root / layout.RUN_SUMMARY_DIR
+    def _first_root(self) -> Path:
+        """The store that keeps the run's own files (summaries, attempt logs) when a run writes several."""
+        return next(iter(self.stores.values())).root
 
-    def skip_keys(self, samples: Sequence[Any] | None = None) -> set[str]:
+    def skip_keys(self, samples: Sequence[WorkItem] | None = None) -> set[str]:
         """Keys the DataModule must not schedule: settled in every store (see :meth:`StoreState.settled`).
 
         Args:
@@ -313,7 +313,7 @@ class FeatureWriter(BasePredictionWriter):
             store.failures[key] = rows[-1]
         self._writer.append_rows(name, rows, failures=True)
 
-    def _adopt_existing(self, name: str, store: StoreState, samples: Sequence[Any]) -> set[str]:
+    def _adopt_existing(self, name: str, store: StoreState, samples: Sequence[WorkItem]) -> set[str]:
         """Keys of ``samples`` whose file is already complete at its destination; rank 0 indexes them."""
         rows = adoptable_rows(store.root, self.path_template, self.codec, samples)
         keys = {r["key"] for r in rows}
@@ -365,10 +365,10 @@ class FeatureWriter(BasePredictionWriter):
 
     # -- end of run ----------------------------------------------------------------------------------------------
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._finish(trainer)
+        self._finish(trainer, pl_module)
 
-    def _finish(self, trainer: pl.Trainer) -> None:
-        """Drain the writer, then (after a barrier) let rank 0 merge the per-rank logs."""
+    def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Drain the writer, then (after a barrier) let rank 0 merge the per-rank logs and write the reports."""
         self._finished = True
         if self.read_only is not None:
             log.info(
@@ -379,7 +379,14 @@ class FeatureWriter(BasePredictionWriter):
         self._writer.close()
         self._writer.raise_if_failed()
         try:
-            run = self._merge(trainer) if self.units is None else self.units.finish(trainer, self._rank_summary())
+            if self.units is None:
+                run = self._merge(trainer)
+            else:
+                elapsed = time.monotonic() - self._started
+                self.summary = run_summary.rank_summary(self._writer, self.rank, self.skipped, elapsed)
+                run = self.units.finish(trainer, self.summary)
+            if self.rank == 0 and not run["write_failed"]:
+                self._report(trainer, pl_module)
         except OSError as err:
             self._release_lock()
             raise StoreWriteError(
@@ -394,37 +401,22 @@ class FeatureWriter(BasePredictionWriter):
                 "or fix the filesystem, then rerun."
             )
 
-    def _rank_summary(self) -> dict[str, Any]:
-        writer = self._writer
-        assert writer is not None
-        elapsed = time.monotonic() - self._started
-        return {
-            "rank": self.rank,
-            "written": writer.counts["written"],
-            "failed": writer.counts["failed"],
-            "write_failed": writer.counts["write_failed"],
-            "skipped": self.skipped,
-            "seconds": elapsed,
-            "samples_per_s": writer.counts["written"] / elapsed if elapsed > 0 else 0.0,
-            "seconds_writing": writer.seconds_writing,
-            **{f"seconds_{k.removesuffix('_s')}": v for k, v in writer.timing.items()},
-            "failures": writer.run_failures,
-        }
-
     def _merge(self, trainer: pl.Trainer) -> dict[str, Any]:
-        self.summary = self._rank_summary()
-        summary_dir = self._summary_dir()
-        layout.atomic_write_text(summary_dir / f"rank-{self.rank}.json", json.dumps(self.summary, default=str))
+        """Every rank records its summary; after a barrier all reduce them, and rank 0 merges and exports."""
+        assert self._writer is not None
+        first = self._first_root()
+        self.summary = run_summary.rank_summary(self._writer, self.rank, self.skipped, time.monotonic() - self._started)
+        run_summary.write_rank_summary(first, self.summary)
         trainer.strategy.barrier("lit_features_store_merge")
-        run = reduce_run_summaries(summary_dir)  # every rank: all must fail alike when some writes failed
+        run = run_summary.reduce_run_summaries(first)  # every rank: all must fail alike when some writes failed
         if self.rank == 0:
             for store in self.stores.values():
                 merge_store_logs(store.root)
             if self.export_jsonl:
                 for store in self.stores.values():
                     export_entries_jsonl(store.root, self.export_jsonl)
-            layout.atomic_write_text(summary_dir.parent / layout.RUN_SUMMARY, json.dumps(run, indent=2))
-            log_run_summary(trainer, run)
+            run_summary.write_run_summary(first, run)
+            run_summary.log_run_summary(trainer, run)
             self.run_summary = run  # the run's last log line says it (lit_features.predict_report)
             log.debug(
                 "feature store %s: written %d, failed %d, skipped %d (already done), %.2f samples/s",
@@ -434,8 +426,15 @@ class FeatureWriter(BasePredictionWriter):
                 self._export(trainer)
         return run
 
+    def _report(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Upstream's per-model report, for extractors that ask for one (rank 0, the store complete)."""
+        if isinstance(pl_module, ReportsModels):
+            data = trainer.datamodule
+            inputs = data.describe_inputs() if isinstance(data, SampleProvider) else "None"
+            write_vfm_report(self.output_dir, pl_module.models_report(), inputs, len(run_samples(trainer) or []))
+
     def _export(self, trainer: pl.Trainer) -> None:
-        samples = getattr(trainer.datamodule, "samples", None)
+        samples = run_samples(trainer)
         if samples is None:
             log.warning("export_manifest: the datamodule has no samples list; nothing exported")
             return
@@ -484,8 +483,9 @@ class FeatureWriter(BasePredictionWriter):
         if stage != "predict":
             return
         if self._set_up and not self._finished and not self._crashed:
-            # Lightning skips the predict loop (and on_predict_end) when nothing is left to do: still merge.
-            self._finish(trainer)
+            # Lightning skips the predict loop (and on_predict_end) when nothing is left to do: still merge
+            # and report (the inputs may differ from the last run's).
+            self._finish(trainer, pl_module)
         elif self._writer is not None:
             self._writer.close()
         self._release_lock()

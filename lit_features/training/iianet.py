@@ -16,7 +16,6 @@ evaluation preprocessing too.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -28,7 +27,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from lit_features.data.manifest import IIANET_SPLITS, ManifestError
+from lit_features.data.list_files import iianet_folders, read_split_list
+from lit_features.data.manifest_error import ManifestError
 from lit_features.models.lip_resnet import (
     EMBEDDING_DIM,
     LipReadingResNet18,
@@ -61,20 +61,6 @@ class SpeakerRow:
     speaker: str
 
 
-def _load_rows(file: Path) -> list:
-    try:
-        rows = json.loads(file.read_text())
-    except FileNotFoundError:
-        raise ManifestError(
-            file, "split list not found (expected tr/, cv/, tt/ with mix.json, s1.json, s2.json)"
-        ) from None
-    except json.JSONDecodeError as err:
-        raise ManifestError(file, f"invalid JSON at line {err.lineno}: {err.msg}") from None
-    if not isinstance(rows, list):
-        raise ManifestError(file, "expected a JSON list of rows")
-    return rows
-
-
 def _resolve(root: Path, path: str) -> str:
     return os.path.normpath(path if os.path.isabs(path) else os.path.join(root, path))
 
@@ -87,23 +73,21 @@ def read_speaker_rows(
     Relative paths resolve as IIANet opens them: against the working directory, or ``root`` when given —
     the same rule as the precompute (``--data.root``), so embedding files line up.
     """
-    lists = Path(split_root)
     base = Path(root) if root is not None else Path.cwd()
-    if split not in IIANET_SPLITS:
-        raise ManifestError(lists, f"unknown split {split!r}; choose one of {sorted(IIANET_SPLITS)}")
     out = []
-    for sub in IIANET_SPLITS[split]:
-        mixes = _load_rows(lists / sub / "mix.json")
+    for folder in iianet_folders(split_root, split):
+        sub = folder.name
+        mixes = read_split_list(folder / "mix.json", "[wav, n_samples]")
         for speaker in ("s1", "s2"):
-            file = lists / sub / f"{speaker}.json"
-            rows = _load_rows(file)
+            file = folder / f"{speaker}.json"
+            rows = read_split_list(file, "[wav, mouth_npz, n_samples]")
             if len(rows) != len(mixes):
                 raise ManifestError(file, f"has {len(rows)} rows but mix.json has {len(mixes)}; they pair up by line")
             for i, (mix, row) in enumerate(zip(mixes, rows)):
                 if not (isinstance(row, list) and len(row) >= 3 and all(isinstance(v, str) for v in row[:2])):
                     raise ManifestError(file, f"expected [wav, mouth_npz, n_samples], got {row!r}", i)
                 if not (isinstance(mix, list) and mix and isinstance(mix[0], str)):
-                    raise ManifestError(lists / sub / "mix.json", f"expected [wav, n_samples], got {mix!r}", i)
+                    raise ManifestError(folder / "mix.json", f"expected [wav, n_samples], got {mix!r}", i)
                 out.append(
                     SpeakerRow(
                         _resolve(base, mix[0]),

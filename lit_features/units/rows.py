@@ -34,17 +34,12 @@ def unit_logs(
     done: dict[str, dict[str, Any]] = {}
     failures: dict[str, dict[str, Any]] = {}
     crashes: dict[str, list[dict[str, Any]]] = {}
-    for claim in claim_dirs(store_root, uid):
-        for path in layout.rank_files(claim, layout.INDEX_DIR):
-            for row in layout.read_jsonl_rows(path):
-                done[row["key"]] = row
-                failures.pop(row["key"], None)
-        for path in layout.rank_files(claim, layout.FAILURES_DIR):
-            for row in layout.read_jsonl_rows(path):
-                if row["key"] not in done:
-                    failures[row["key"]] = row
+    for claim in claim_dirs(store_root, uid):  # a claim folder is laid out as a store's logs are
+        done.update(layout.latest_rows(claim, layout.INDEX_DIR))
+        failures.update(layout.latest_rows(claim, layout.FAILURES_DIR, exclude=done))
         for key, rows in crash_rows(claim).items():
             crashes.setdefault(key, []).extend(rows)
+    failures = {k: v for k, v in failures.items() if k not in done}
     return done, failures, {k: v for k, v in crashes.items() if k not in done}
 
 

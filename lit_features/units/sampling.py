@@ -22,6 +22,7 @@ from lit_features.data.dataset import SampleDataset
 from lit_features.data.manifest import ManifestError, RawEntry, Sample, make_sample
 from lit_features.data.preprocess import EntryError
 from lit_features.errors import ConfigError, UserError
+from lit_features.interfaces import UnitStore, unit_stores
 from lit_features.units.cutting import unit_samples
 from lit_features.units.opening import open_unit_list
 from lit_features.units.unit_list import UnitList, units_dir
@@ -109,15 +110,12 @@ class UnitRefusedError(UserError, RuntimeError):
     """Rank 0 could not prepare the job's units (a refusal about the store or the manifest); every rank stops."""
 
 
-def _unit_store(datamodule: Any) -> Any:
-    """The callback that keeps the store (it provides ``units_root()``)."""
-    trainer = datamodule.trainer
-    for callback in trainer.callbacks if trainer is not None else []:
-        if hasattr(callback, "units_root"):
-            return callback
-    raise ConfigError(
-        "--data.unit_size needs a feature writer (trainer callback with an output directory) to keep the units in"
-    )
+def _unit_store(datamodule: Any) -> UnitStore:
+    """The callback that keeps the store in units (the feature writer)."""
+    stores = unit_stores(datamodule.trainer) if datamodule.trainer is not None else []
+    if not stores:
+        raise ConfigError("--data.unit_size needs a feature writer (a trainer callback with an output directory)")
+    return stores[0]
 
 
 def _agree(trainer: Any, work: Callable[[], Any]) -> Any:
@@ -187,11 +185,7 @@ class UnitWorkSource:
         self.world_size = world_size
 
     def _claim(self) -> Work | None:
-        writing = getattr(_unit_store(self.datamodule), "units", None)
-        job = getattr(writing, "unit_job", None)
-        if job is None:
-            raise RuntimeError("the feature writer did not open the store in units on rank 0")
-        got = job.claim()
+        got = _unit_store(self.datamodule).claim_unit()
         if got is None or isinstance(got, str):
             return got
         claim, samples, todo = got

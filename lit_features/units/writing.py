@@ -10,7 +10,6 @@ marks that share finished, and whoever sees every rank's share finished marks th
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -19,9 +18,8 @@ from typing import Any
 import lightning.pytorch as pl
 
 from lit_features.errors import UserError
-from lit_features.store import layout
+from lit_features.store import layout, run_summary
 from lit_features.store.lock import StoreLock
-from lit_features.store.merge import log_run_summary, reduce_run_summaries
 from lit_features.store.sample_writer import SampleWriter
 from lit_features.store.shared import check_shared_store
 from lit_features.store.state import StoreState
@@ -138,10 +136,10 @@ class UnitWriting:
 
     def finish(self, trainer: pl.Trainer, counts: dict[str, Any]) -> dict[str, Any]:
         """After every rank's writes: settle this job's units, sum up the job (no merge)."""
-        folder = job_dir(self.output_dir, self.job) / layout.RUN_SUMMARY_DIR
-        layout.atomic_write_text(folder / f"rank-{self.rank}.json", json.dumps(counts, default=str))
+        folder = job_dir(self.output_dir, self.job)
+        run_summary.write_rank_summary(folder, counts)
         trainer.strategy.barrier("lit_features_units_finished")
-        run = reduce_run_summaries(folder)
+        run = run_summary.reduce_run_summaries(folder)
         if self.rank == 0:
             assert self.unit_job is not None
             self.unit_job.claimer.settle()
@@ -149,10 +147,9 @@ class UnitWriting:
             run["job"] = self.job
             run["units_claimed"] = len(self.unit_job.claimer.claimed)
             run["redone"] = self.unit_job.redone
-            text = json.dumps(run, indent=2)
-            layout.atomic_write_text(job_dir(self.output_dir, self.job) / layout.RUN_SUMMARY, text)
-            layout.atomic_write_text(self.output_dir / layout.RUN_SUMMARY, text)  # the latest job's, as before
-            log_run_summary(trainer, run)
+            run_summary.write_run_summary(folder, run)
+            run_summary.write_run_summary(self.output_dir, run)  # the latest job's, where it always was
+            run_summary.log_run_summary(trainer, run)
         shutil.rmtree(self.output_dir / layout.TMP_DIR / f"{self.job}-rank-{self.rank}", ignore_errors=True)
         return run
 

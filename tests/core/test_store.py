@@ -14,9 +14,9 @@ from lit_features.records import FeatureRecord, PredictionOutput
 from lit_features.store import layout, weights
 from lit_features.store.codecs import decode, encode, probe
 from lit_features.store.fingerprint import describe_difference, fingerprint_hash, weight_identity
+from lit_features.store.merge import merge_store_logs
 from lit_features.store.sample_writer import SampleWriter
 from lit_features.store.state import StoreState
-from lit_features.store.writer import merge_store_logs
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

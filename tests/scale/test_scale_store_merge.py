@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import pytest
 
 from lit_features.store import layout
-from lit_features.store.writer import StoreNotSharedError, check_shared_store, merge_store_logs
+from lit_features.store.merge import merge_store_logs
+from lit_features.store.writer import StoreNotSharedError, check_shared_store
 from tests.conftest import MEDIA
 
 

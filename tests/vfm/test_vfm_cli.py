@@ -13,9 +13,9 @@ import torch
 
 from lit_features.cli import run_cli as lightning_cli
 from lit_features.extractors.vfm import VideoMAEv2Features, VJEPA2Features
-from lit_features.extractors.vfm_report import write_failed_videos
 from lit_features.store.fingerprint import fingerprint_hash
 from lit_features.store.reader import FeatureStore
+from lit_features.store.vfm_report import write_failed_videos
 from tests.conftest import REPO_ROOT
 
 CONFIGS = {
@@ -152,6 +152,25 @@ def test_single_model_config_writes_upstreams_pt_layout_and_resumes(tiny_models,
     stamp = (out / "v_GGSY1Qvo990.pt").stat().st_mtime_ns
     predict(*args)  # everything is done or failed: nothing is recomputed
     assert (out / "v_GGSY1Qvo990.pt").stat().st_mtime_ns == stamp
+
+
+def test_report_describes_a_run_that_found_nothing_left_to_do(tiny_models, manifest, tmp_path):
+    """Lightning skips every predict hook when nothing is left to do; the writer still rewrites the report, so
+    it describes this run's inputs, not the last run that computed something."""
+    out = tmp_path / "videomaev2"
+    model = ["--model.model_path", str(tiny_models / "vit_b_k710_dl_from_giant.pth")]
+    config = ["--config", str(REPO_ROOT / "configs" / "vfm_videomaev2.yaml"), *model, "--writer.output_dir", str(out)]
+    predict(*config, "--data.manifest", str(manifest))
+    assert json.loads((out / "vfm_summary.json").read_text())["num_videos"] == 3
+    subset = tmp_path / "one_video.json"
+    subset.write_text(json.dumps(json.loads(manifest.read_text())[:1]))  # already in the store
+    stamp = (out / "index" / "rank-0.jsonl").stat().st_mtime_ns
+    predict(*config, "--data.manifest", str(subset))
+    assert (out / "index" / "rank-0.jsonl").stat().st_mtime_ns == stamp  # nothing was computed
+    summary = json.loads((out / "vfm_summary.json").read_text())
+    assert (summary["video_dir"], summary["num_videos"]) == (str(subset), 1)
+    assert summary["models"]["VideoMAEv2"]["written"] == 2  # the whole store, as before
+    assert f"video_dir: {subset}\nnum_videos: 1\n" in (out / "vfm_dimensions.txt").read_text()
 
 
 def test_failed_videos_file_follows_the_store(tmp_path):

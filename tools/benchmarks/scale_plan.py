@@ -23,8 +23,8 @@ from typing import Any
 from lit_features.data.datamodule import assign_to_ranks
 from lit_features.data.manifest import read_manifests
 from lit_features.store import layout
+from lit_features.store.merge import merge_store_logs
 from lit_features.store.state import StoreState
-from lit_features.store.writer import merge_store_logs
 
 TARGET = 10_000_000
 RANKS = 64

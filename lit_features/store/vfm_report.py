@@ -8,7 +8,8 @@
   Skipped models are left out, as upstream leaves them out. Rewritten by every run, as upstream does.
 * ``<output_dir>/vfm_summary.json``: the same and more per model (samples written, failures, skip reasons).
 
-The files describe the whole store (what earlier, resumed runs wrote too), read after the writer merged it.
+The files describe the whole store (what earlier, resumed runs wrote too), read after the writer merged it, and
+this run's inputs; the writer rewrites them at the end of every run, also one that had nothing left to do.
 """
 
 from __future__ import annotations
@@ -19,19 +20,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+from lit_features.interfaces import ModelsReport
+from lit_features.store.reader import FeatureStore
+
 log = logging.getLogger(__name__)
 
 SUMMARY_JSON = "vfm_summary.json"
 DIMENSIONS_TXT = "vfm_dimensions.txt"
 FAILED_VIDEOS_TXT = "failed_videos.txt"
-
-
-def find_output_dir(trainer: Any) -> Path | None:
-    """The feature writer's output directory (None when the run has no writer)."""
-    for callback in trainer.callbacks:
-        if hasattr(callback, "skip_keys") and hasattr(callback, "output_dir"):
-            return Path(callback.output_dir)
-    return None
 
 
 def failed_video_lines(failures: list[dict[str, Any]]) -> list[str]:
@@ -67,32 +63,23 @@ def dimensions_report(video_dir: str, num_videos: int, num_frames: int, models: 
     return text
 
 
-def _data_description(trainer: Any) -> tuple[str, int]:
-    """What the run read (upstream's ``video_dir``) and how many videos it listed."""
-    data = getattr(trainer, "datamodule", None)
-    samples = getattr(data, "samples", None) or []
-    source = getattr(data, "root", None) or getattr(data, "split_root", None) or getattr(data, "manifest", None)
-    if isinstance(source, (list, tuple)):
-        source = ",".join(map(str, source))
-    return str(source), len(samples)
-
-
-def write_run_summary(extractor: Any, trainer: Any) -> dict[str, Any] | None:
-    """Writes ``failed_videos.txt`` per model, ``vfm_dimensions.txt`` and ``vfm_summary.json``.
+def write_vfm_report(output_dir: Path, report: ModelsReport, inputs: str, num_videos: int) -> dict[str, Any]:
+    """Writes ``failed_videos.txt`` per model, ``vfm_dimensions.txt`` and ``vfm_summary.json``; returns the summary.
 
     Per model: feature dimension C, the shape of one stored feature, samples stored, failures (with the first
-    few messages), or why the model was skipped. Runs on rank 0 after the writer merged the stores.
-    """
-    from lit_features.store.reader import FeatureStore
+    few messages), or why the model was skipped. Runs on rank 0 after the writer merged the stores, at the end
+    of every run, also one that found nothing left to do (Lightning skips the predict hooks then).
 
-    output_dir = find_output_dir(trainer)
-    if output_dir is None:
-        return None
-    dims = extractor.model_dims()
+    Args:
+        output_dir: the writer's output directory (each model's store is ``output_dir/<sub-store>``).
+        report: the models of the run (:meth:`~lit_features.interfaces.ReportsModels.models_report`).
+        inputs: what the run read (upstream's ``video_dir``).
+        num_videos: how many videos the run's inputs list.
+    """
     models: dict[str, Any] = {}
-    for store_name, label in extractor.store_labels().items():
+    for store_name, label in report.labels.items():
         root = output_dir / store_name if store_name else output_dir
-        info: dict[str, Any] = {"store": str(root), "feature_dim": dims.get(label)}
+        info: dict[str, Any] = {"store": str(root), "feature_dim": report.dims.get(label)}
         try:
             store = FeatureStore(root)
         except FileNotFoundError:
@@ -111,14 +98,13 @@ def write_run_summary(extractor: Any, trainer: Any) -> dict[str, Any] | None:
         if shape and info["feature_dim"] is None:
             info["feature_dim"] = shape[-1]
         models[label] = info
-    for label, reason in extractor.skipped_models().items():
+    for label, reason in report.skipped.items():
         models[label] = {"skipped": reason}
-    video_dir, num_videos = _data_description(trainer)
-    num_frames = extractor.preprocessor().num_frames
-    summary = {"video_dir": video_dir, "num_videos": num_videos, "num_frames": num_frames, "models": models}
+    num_frames = report.num_frames
+    summary = {"video_dir": inputs, "num_videos": num_videos, "num_frames": num_frames, "models": models}
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / SUMMARY_JSON).write_text(json.dumps(summary, indent=2))
-    (output_dir / DIMENSIONS_TXT).write_text(dimensions_report(video_dir, num_videos, num_frames, models))
+    (output_dir / DIMENSIONS_TXT).write_text(dimensions_report(inputs, num_videos, num_frames, models))
     for label, info in models.items():
         if "skipped" in info:
             log.warning("VFM %s: skipped (weights missing)", label)
