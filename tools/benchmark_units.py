@@ -157,9 +157,11 @@ def bench_scale(entries: int, unit_size: int, work: Path) -> list[dict]:
     for n in (entries // 100, entries):
         manifest = work / f"manifest_{n}.jsonl"
         started = time.perf_counter()
-        write_manifest(manifest, n)
+        if not manifest.exists():  # kept from an earlier run in the same --work-dir
+            write_manifest(manifest, n)
         made = time.perf_counter() - started
         store = work / f"store_{n}"
+        shutil.rmtree(store, ignore_errors=True)
         cut = _child(["cut", str(store), str(manifest), str(unit_size)])
         starts = [_child(["start", str(store), str(manifest), str(unit_size)]) for _ in range(3)]
         best = min(starts, key=lambda r: r["seconds"])
@@ -180,7 +182,6 @@ def bench_scale(entries: int, unit_size: int, work: Path) -> list[dict]:
             }
         )
         shutil.rmtree(store, ignore_errors=True)
-        manifest.unlink()
     return rows
 
 

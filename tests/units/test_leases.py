@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 
 from lit_features.units import lease
 from lit_features.units.claims import UnitClaimer, mark_rank_finished
@@ -46,7 +47,8 @@ def test_expired_lease_is_taken_over_with_a_log_line(tmp_path, caplog):
     assert lease.try_create(folder, 0, info)
     waiting = _claimer(tmp_path, units, "job-b", expiry_s=2.0)
     assert waiting.next_unit() is None  # alive: its heartbeat is fresh
-    os.utime(lease.lease_path(folder, 0), (0, 0))
+    old = time.time() - 5.0  # its last heartbeat, 5 s ago
+    os.utime(lease.lease_path(folder, 0), (old, old))
     with caplog.at_level(logging.WARNING):
         unit, generation = waiting.next_unit()
     assert generation == 1 and "taking it over from job dead-job" in caplog.text and "heartbeat" in caplog.text
@@ -88,8 +90,6 @@ def test_heartbeat_keeps_a_lease_alive(tmp_path):
     a = _claimer(tmp_path, units, "job-a", expiry_s=0.5)
     a.next_unit()
     b = _claimer(tmp_path, units, "job-b", expiry_s=0.5)
-    import time
-
     deadline = time.monotonic() + 1.5
     while time.monotonic() < deadline:
         assert b.next_unit() is None
