@@ -119,7 +119,8 @@ class UnitJob:
         self.claimer = claimer
         self.retry_failed = retry_failed
         self.max_attempts = max_attempts
-        self.redone = 0
+        self.redone = 0  # done rows found lying (file missing or of another size)
+        self.skipped = 0  # samples of claimed units already settled
 
     def claim(self) -> tuple[tuple[str, int], list[Any], list[int]] | str | None:
         """The next claimed unit with work left: ``((uid, generation), its samples, positions to do)``, or
@@ -131,6 +132,7 @@ class UnitJob:
             unit, generation = claimed
             samples = unit_samples(self.units, unit)
             todo = self.todo(unit.uid, generation, samples)
+            self.skipped += len(samples) - len(todo)
             if todo:
                 return (unit.uid, generation), samples, todo
             self.claimer.finish(unit.uid)

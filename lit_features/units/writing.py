@@ -147,6 +147,7 @@ class UnitWriting:
             run["job"] = self.job
             run["units_claimed"] = len(self.unit_job.claimer.claimed)
             run["redone"] = self.unit_job.redone
+            run["skipped"] = self.unit_job.skipped
             run_summary.write_run_summary(folder, run)
             run_summary.write_run_summary(self.output_dir, run)  # the latest job's, where it always was
             run_summary.log_run_summary(trainer, run)
