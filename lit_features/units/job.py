@@ -71,6 +71,13 @@ def check_unit_options(template: str, overwrite: bool, exports: Sequence[str | N
         )
 
 
+def refuse_old_layout_below(output_dir: Path) -> None:
+    """Before cutting into an output directory: refuse it when it (or a named feature set in it) holds rows of
+    the layout before units, so a refused job leaves nothing behind (see :func:`refuse_old_layout`)."""
+    roots = [output_dir, *(p.parent for p in output_dir.glob(f"*/{layout.STORE_JSON}"))]
+    refuse_old_layout({str(r): StoreState(r, {}, {}) for r in roots}, units_given=True)
+
+
 def refuse_old_layout(stores: dict[str, StoreState], units_given: bool) -> None:
     """Never ignore rows a store already has: old layout under units, or units under the old layout.
 

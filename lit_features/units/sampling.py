@@ -24,6 +24,7 @@ from lit_features.data.preprocess import EntryError
 from lit_features.errors import ConfigError, UserError
 from lit_features.interfaces import UnitStore, unit_stores
 from lit_features.units.cutting import unit_samples
+from lit_features.units.job import refuse_old_layout_below
 from lit_features.units.opening import open_unit_list
 from lit_features.units.unit_list import UnitList, units_dir
 
@@ -166,6 +167,7 @@ def open_units(datamodule: Any, preprocessor: Any) -> UnitList:
             raise ManifestError(r.file, str(err), r.index) from None
 
     def cut() -> str:
+        refuse_old_layout_below(output_dir)
         open_unit_list(
             output_dir, datamodule.manifest, datamodule.root, datamodule.unit_size, check, datamodule.lease_expiry_s
         )

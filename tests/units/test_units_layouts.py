@@ -27,6 +27,7 @@ def test_old_layout_store_is_refused_then_migrated_and_continued(tiny_models: Pa
 
     refused = run_cli(units_args, check=False)
     assert refused.returncode == 2 and "migrate-units" in refused.stderr, refused.stderr
+    assert not (out / "units").exists()  # a refused job changes nothing
 
     run_cli(["migrate-units", str(out), str(manifest), "--unit_size", "2"])
     assert not (out / layout.INDEX_DIR).exists() and (out / layout.PREMIGRATION_DIR / layout.INDEX_DIR).is_dir()
