@@ -118,11 +118,12 @@ def child_job(store: str, manifest: str, unit_size: int, cost_ms: float, slow: f
     )  # fmt: skip
     while not Path(go).exists():
         time.sleep(0.01)
-    done = 0
+    done, busy = 0, 0.0
     while (got := job.claim()) is not None:
         if isinstance(got, str):
             continue
         claim, samples, todo = got
+        started = time.perf_counter()
         for position in todo:
             sample = samples[position]
             time.sleep(cost_ms / 1000 * (1 + int(sample.entry["num_frames"]) % 3) / 2 * slow)
@@ -130,10 +131,11 @@ def child_job(store: str, manifest: str, unit_size: int, cost_ms: float, slow: f
             writer.put(PredictionOutput([record], []), {sample.key: claim}, [])
             done += 1
         writer.put(PredictionOutput([], []), {}, [claim])
+        busy += time.perf_counter() - started
     writer.close()
     claimer.settle()
     claimer.release()
-    print(json.dumps({"job": job_id, "samples": done, "end": time.time()}))
+    print(json.dumps({"job": job_id, "samples": done, "busy_s": busy, "end": time.time()}))
 
 
 def _child(args: list[str]) -> dict:
@@ -232,6 +234,10 @@ def bench_jobs(samples: int, unit_size: int, cost_ms: float, work: Path) -> list
     finish = max(e["end"] for e in ends.values()) - t0
     # Capacity: 1 + 0.2 (+1 until the kill); the killed job's work until then counts as done.
     ideal = work_s / 2.2 if work_s <= 2.2 * t_kill else t_kill + (work_s - 2.2 * t_kill) / 1.2
+    # The same with each job's measured rate (its own sample time, writes and this machine's load included):
+    # what is left is the cost of distributing (claims, waiting, the last units, the takeover).
+    rates = {n: e["samples"] / e["busy_s"] for n, e in ends.items()}
+    ideal_measured = sum(e["samples"] for e in ends.values()) / sum(rates.values())
     keys = [r["key"] for r in iter_unit_rows(store)]
     per_key_rows = _rows_per_key(store)
     return [
@@ -243,6 +249,8 @@ def bench_jobs(samples: int, unit_size: int, cost_ms: float, work: Path) -> list
             "finish_s": finish,
             "ideal_s": ideal,
             "finish_over_ideal": finish / ideal,
+            "ideal_at_measured_rates_s": ideal_measured,
+            "finish_over_ideal_at_measured_rates": finish / ideal_measured,
             "keys_in_store": len(keys),
             "keys_once": len(set(keys)) == samples,
             "rows_written_twice": sum(1 for n in per_key_rows.values() if n > 1),
