@@ -21,6 +21,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lit_features import child_ranks
 from lit_features.accelerators import resolve_trainer_flags
+from lit_features.dashboards import LiveExtractionMetrics, RunIdentity
 from lit_features.errors import CommandLineError, ConfigError, UserError, describe_parse_error, find_user_error
 from lit_features.predict_report import RunReport, SampleRateProgressBar
 from lit_features.store.writer import FeatureWriter
@@ -28,11 +29,17 @@ from lit_features.store.writer import FeatureWriter
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
+def _may_log(logger: Any) -> bool:
+    """Whether a Trainer's ``logger`` argument may give it a logger (``None``: Lightning's default one)."""
+    return logger is not False and not (isinstance(logger, (list, tuple)) and not logger)
+
+
 class FeatureTrainer(Trainer):
     """A Trainer whose ``predict`` keeps no outputs in memory by default (the writer persists them).
 
     Unless a progress bar is configured (or disabled), it shows samples/s and failures during predict; a
-    predict run logs one first and one last line (:mod:`lit_features.predict_report`). Also accepts
+    predict run logs one first and one last line (:mod:`lit_features.predict_report`). With a logger, a predict
+    run's progress is logged live (:class:`~lit_features.dashboards.LiveExtractionMetrics`). Also accepts
     ``accelerator="npu"`` (Ascend, when ``torch_npu`` is installed): the NPU accelerator, strategy and
     precision are filled in by :func:`lit_features.accelerators.resolve_trainer_flags`. In a multi-device run
     on one node, rank 0 watches the ranks Lightning launches and reports their errors
@@ -47,6 +54,9 @@ class FeatureTrainer(Trainer):
             # After the writer (its last line reads the writer's run summary), before the progress bar (its
             # first line comes before the bar).
             callbacks.append(RunReport())
+        if _may_log(kwargs.get("logger")) and not any(isinstance(c, LiveExtractionMetrics) for c in callbacks):
+            # Before the feature writer: a failure's preview is saved before the writer logs the failure.
+            callbacks.insert(0, LiveExtractionMetrics())
         if kwargs.get("enable_progress_bar", True) is not False and not any(
             isinstance(c, ProgressBar) for c in callbacks
         ):
@@ -183,7 +193,7 @@ def run_cli(args: list[str] | None = None) -> LitFeaturesCLI:
         trainer_class=FeatureTrainer,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        save_config_callback=None,
+        save_config_callback=RunIdentity,  # the run's identity to its loggers (no config file written)
         auto_configure_optimizers=False,
         seed_everything_default=0,  # what Lightning falls back to anyway, without its "No seed found" warning
         args=args,

@@ -9,6 +9,8 @@ here what it offers and what it reads, instead of probing the other with ``hasat
   it which keys to leave out *before* the sampler splits the rest over ranks;
 * with work units, the DataModule offers the store's unit list as :class:`UnitProvider`, and the writer
   claims units for it as :class:`UnitStore` (:mod:`lit_features.units.sampling`);
+* the module whose outputs are stored (every extractor) says what identifies its features as
+  :class:`StoreSubject`, and hands the data side its preprocessing as :class:`PreprocessorProvider`;
 * an extractor whose upstream writes a per-model report (the VFM jobs) describes its models as
   :class:`ReportsModels`; the writer writes the report once the store is complete.
 """
@@ -52,6 +54,25 @@ class ResumePlanner(Protocol):
     def attempt_log_path(self) -> str | None:
         """Where this rank's DataLoader workers log the samples they start and finish (``None``: nowhere)."""
         ...
+
+
+@runtime_checkable
+class StoreSubject(Protocol):
+    """The LightningModule whose outputs the writer stores (every extractor)."""
+
+    extractor_name: str
+    is_stand_in: bool
+
+    def store_fingerprints(self) -> dict[str, dict[str, Any]]:
+        """One fingerprint per sub-store (``""``: the output directory itself)."""
+        ...
+
+
+@runtime_checkable
+class PreprocessorProvider(Protocol):
+    """A module that declares its input contract (the DataModule applies it in its workers)."""
+
+    def preprocessor(self) -> Any: ...
 
 
 @runtime_checkable

@@ -31,6 +31,7 @@ import math
 import os
 import pickle
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,37 @@ RULES = (
 DEFAULT_FPS = 24
 
 
+@dataclass(frozen=True)
+class FilterRules:
+    """The thresholds of the eight rules: the upstream ``filter_config.yaml`` keys, defined here once.
+
+    Args:
+        sample_height: training height (rule 4's target aspect).
+        sample_width: training width.
+        sample_num_frames: frames per training sample (rules 5 and 8).
+        train_fps: training frame rate (rules 5 and 6); ``null`` to use ``sample_stride``.
+        sample_stride: fixed frame stride when ``train_fps`` is null (rule 6 then never drops).
+        min_hxw: minimum pixel count at the target aspect (rule 4), scaled up for other aspects.
+        too_long_factor: rule 5's factor.
+        max_h_div_w_ratio: largest accepted height/width (rule 3).
+        min_h_div_w_ratio: smallest accepted height/width (rule 3).
+        max_motion_value: largest accepted ``motion`` (rule 7).
+        min_motion_value: smallest accepted ``motion`` (rule 7).
+    """
+
+    sample_height: int = 480
+    sample_width: int = 832
+    sample_num_frames: int = 49
+    train_fps: float | None = 16
+    sample_stride: float | None = None
+    min_hxw: int = 480 * 832
+    too_long_factor: float = 5.0
+    max_h_div_w_ratio: float = 2.0
+    min_h_div_w_ratio: float = 0.5
+    max_motion_value: float = 1.0
+    min_motion_value: float = 0.0
+
+
 class PickleRefusedError(UserError, PermissionError):
     """An LMDB of pickled rows was given without ``--allow_pickle true``."""
 
@@ -71,26 +103,13 @@ def frame_interval(fps: float, train_fps: float | None, sample_stride: float | N
     return float(sample_stride)
 
 
-def drop_reason(
-    row: dict[str, Any],
-    *,
-    sample_height: int = 480,
-    sample_width: int = 832,
-    sample_num_frames: int = 49,
-    train_fps: float | None = 16,
-    sample_stride: float | None = None,
-    min_hxw: int = 480 * 832,
-    too_long_factor: float = 5.0,
-    max_h_div_w_ratio: float = 2.0,
-    min_h_div_w_ratio: float = 0.5,
-    max_motion_value: float = 1.0,
-    min_motion_value: float = 0.0,
-) -> str | None:
+def drop_reason(row: dict[str, Any], rules: FilterRules) -> str | None:
     """The first rule ``row`` fails (a name from :data:`RULES`), or ``None`` when it is kept.
 
     A kept row gets ``start_frame_idx``. Values the rules cannot compare (a string height, a row without
     ``num_frames``) raise :class:`ValueError`: upstream would crash on them too.
     """
+    r = rules
     if row.get("cap") is None:
         return "no_cap"
     res = row.get("resolution")
@@ -102,10 +121,10 @@ def drop_reason(
     if height <= 0 or width <= 0:
         return "no_resolution"
     ratio = height / width
-    if not min_h_div_w_ratio <= ratio <= max_h_div_w_ratio:
+    if not r.min_h_div_w_ratio <= ratio <= r.max_h_div_w_ratio:
         return "aspect_ratio"
-    target = sample_height / sample_width
-    if height * width < math.ceil(min_hxw * max(ratio / target, target / ratio)):
+    target = r.sample_height / r.sample_width
+    if height * width < math.ceil(r.min_hxw * max(ratio / target, target / ratio)):
         return "too_small"
     fps = row.get("fps", DEFAULT_FPS)
     if "num_frames" not in row:
@@ -113,21 +132,21 @@ def drop_reason(
     num_frames = row["num_frames"]
     if not (_number(fps) and _number(num_frames)):
         raise ValueError(f"fps and num_frames must be numbers, got {fps!r} and {num_frames!r}")
-    reference_fps = train_fps if train_fps is not None else fps
-    if num_frames > too_long_factor * (sample_num_frames * fps / reference_fps):
+    reference_fps = r.train_fps if r.train_fps is not None else fps
+    if num_frames > r.too_long_factor * (r.sample_num_frames * fps / reference_fps):
         return "too_long"
-    interval = frame_interval(fps, train_fps, sample_stride)
-    if train_fps is not None and interval < 1.0:
+    interval = frame_interval(fps, r.train_fps, r.sample_stride)
+    if r.train_fps is not None and interval < 1.0:
         return "fps_too_low"
     motion = row.get("motion", 0.0)
     if not _number(motion):
         raise ValueError(f"motion must be a number, got {motion!r}")
-    if motion < min_motion_value or motion > max_motion_value:
+    if motion < r.min_motion_value or motion > r.max_motion_value:
         return "motion"
     cut = row.get("cut")
     start = cut[0] if isinstance(cut, (list, tuple)) and cut else 0
     row["start_frame_idx"] = start
-    if len(np.arange(start, start + num_frames, interval).astype(int)) < sample_num_frames:
+    if len(np.arange(start, start + num_frames, interval).astype(int)) < r.sample_num_frames:
         return "too_short"
     return None
 
@@ -230,23 +249,13 @@ def lmdb_path(save_path: str, count: int) -> Path:
 def filter_clips(
     ann_txt_path: str | None = None,
     save_path: str = "outputs/filtered",
-    sample_height: int = 480,
-    sample_width: int = 832,
-    sample_num_frames: int = 49,
-    train_fps: float | None = 16,
-    sample_stride: float | None = None,
-    min_hxw: int = 480 * 832,
-    too_long_factor: float = 5.0,
-    max_h_div_w_ratio: float = 2.0,
-    min_h_div_w_ratio: float = 0.5,
-    max_motion_value: float = 1.0,
-    min_motion_value: float = 0.0,
     save_absolute_path: bool = True,
     output: str | None = None,
     lmdb: bool = False,
     from_lmdb: str | None = None,
     allow_pickle: bool = False,
     json: bool = False,
+    **rules: Any,
 ) -> int:
     """Filter clips with the FlashI2V rules; write the kept rows as a JSON manifest (and an LMDB on request).
 
@@ -254,30 +263,21 @@ def filter_clips(
         ann_txt_path: list file of ``<dataset_root>,<meta_json>`` lines (meta rows: ``path``, ``cap``,
             ``resolution``, ``num_frames``, ``fps``, optional ``cut`` and ``motion``).
         save_path: folder receiving ``filtered_samples_<N>.json`` (and ``.lmdb``).
-        sample_height: training height (rule 4's target aspect).
-        sample_width: training width.
-        sample_num_frames: frames per training sample (rules 5 and 8).
-        train_fps: training frame rate (rules 5 and 6); ``null`` to use ``sample_stride``.
-        sample_stride: fixed frame stride when ``train_fps`` is null (rule 6 then never drops).
-        min_hxw: minimum pixel count at the target aspect (rule 4), scaled up for other aspects.
-        too_long_factor: rule 5's factor.
-        max_h_div_w_ratio: largest accepted height/width (rule 3).
-        min_h_div_w_ratio: smallest accepted height/width (rule 3).
-        max_motion_value: largest accepted ``motion`` (rule 7).
-        min_motion_value: smallest accepted ``motion`` (rule 7).
         save_absolute_path: join each row's ``path`` onto its root (needed for a manifest usable anywhere).
         output: path of the kept-rows JSON (default ``<save_path>/filtered_samples_<N>.json``).
         lmdb: also write ``<save_path>/filtered_samples_<N>.lmdb`` in the upstream layout.
         from_lmdb: read rows from this upstream LMDB instead of ``ann_txt_path`` (needs ``allow_pickle``).
         allow_pickle: accept the pickled values of ``from_lmdb`` (plain data only).
         json: print the summary as one JSON object.
+        rules: the rules' thresholds (:class:`FilterRules`; ``--sample_height`` ... ``--min_motion_value``).
 
     Returns:
         0 on success. What is wrong with an input (list, meta JSON, row, LMDB, option) raises a
         :class:`~lit_features.errors.UserError` naming it (the command line prints it and exits 2).
     """
-    # locals() holds exactly the parameters here: pass all but the printing switch on.
-    summary = run_filter(**{k: v for k, v in locals().items() if k != "json"})
+    summary = run_filter(
+        ann_txt_path, save_path, FilterRules(**rules), save_absolute_path, output, lmdb, from_lmdb, allow_pickle
+    )
     if json:
         print(jsonlib.dumps(summary))
         return 0
@@ -293,17 +293,7 @@ def filter_clips(
 def run_filter(
     ann_txt_path: str | None,
     save_path: str,
-    sample_height: int,
-    sample_width: int,
-    sample_num_frames: int,
-    train_fps: float | None,
-    sample_stride: float | None,
-    min_hxw: int,
-    too_long_factor: float,
-    max_h_div_w_ratio: float,
-    min_h_div_w_ratio: float,
-    max_motion_value: float,
-    min_motion_value: float,
+    rules: FilterRules,
     save_absolute_path: bool,
     output: str | None,
     lmdb: bool,
@@ -313,30 +303,17 @@ def run_filter(
     """:func:`filter_clips` without the printing: returns the summary (counts per rule, output paths)."""
     if (ann_txt_path is None) == (from_lmdb is None):
         raise ConfigError("give exactly one input: ann_txt_path (a <root>,<json> list) or from_lmdb")
-    if train_fps is None and sample_stride is None:
+    if rules.train_fps is None and rules.sample_stride is None:
         raise ConfigError("give train_fps or sample_stride")
     if from_lmdb is not None:
         rows = [(row, f"{from_lmdb}, key {i:012d}") for i, row in enumerate(read_lmdb_rows(from_lmdb, allow_pickle))]
     else:
         rows = read_ann_list(ann_txt_path, save_absolute_path)  # type: ignore[arg-type]
-    settings = dict(
-        sample_height=sample_height,
-        sample_width=sample_width,
-        sample_num_frames=sample_num_frames,
-        train_fps=train_fps,
-        sample_stride=sample_stride,
-        min_hxw=min_hxw,
-        too_long_factor=too_long_factor,
-        max_h_div_w_ratio=max_h_div_w_ratio,
-        min_h_div_w_ratio=min_h_div_w_ratio,
-        max_motion_value=max_motion_value,
-        min_motion_value=min_motion_value,
-    )
     dropped: Counter[str] = Counter()
     kept = []
     for row, where in progress(rows, desc="filter", unit="rows"):
         try:
-            reason = drop_reason(row, **settings)
+            reason = drop_reason(row, rules)
         except ValueError as err:
             raise ManifestError(where, str(err)) from None
         if reason is None:

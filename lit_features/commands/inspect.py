@@ -10,6 +10,7 @@ import json as jsonlib
 from collections import Counter, defaultdict
 from typing import Any
 
+from lit_features.models.stand_in import STAND_IN_MARKER
 from lit_features.store.reader import FeatureStore
 
 
@@ -46,7 +47,7 @@ def summarise_store(store: FeatureStore, check: bool = False) -> dict[str, Any]:
         "path": str(store.root),
         "extractor": store.info.get("extractor"),
         "fingerprint": store.fingerprint,
-        "stand_in_weights": bool(store.info.get("tiny_random_stand_in")),
+        "stand_in_weights": bool(store.info.get(STAND_IN_MARKER)),
         "created": store.info.get("created"),
         "codec": store.codec,
         "written": len(store) - len(damaged),

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from lit_features.errors import UserError
+from lit_features.models.stand_in import STAND_IN_MARKER
 from lit_features.store.reader import FeatureStore
 
 #: Tensor name an ``.npz`` array is read as, so ``.npz`` files compare against ViT stores.
@@ -104,7 +105,7 @@ def open_side(path: str) -> Side:
         except FileNotFoundError as err:
             raise VerifyInputError(f"{path}: not a feature store ({err})") from None
         info = {"extractor": store.info.get("extractor"), "fingerprint": store.fingerprint}
-        if store.info.get("tiny_random_stand_in"):
+        if store.info.get(STAND_IN_MARKER):
             info["stand_in_weights"] = True
         return Side(str(p), "store", store.keys(), store.__getitem__, store.meta, info)
     if p.is_file() and p.suffix == ".npz":

@@ -13,10 +13,11 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from lit_features.data.dataset import BatchCollator, SampleDataset
 from lit_features.data.decode_sandbox import DecodeSandbox
-from lit_features.data.manifest import ManifestError, Sample, build_samples, read_iianet_split, read_manifests
+from lit_features.data.manifest import ManifestError, build_samples, read_iianet_split, read_manifests
 from lit_features.data.media_cache import MediaCache
 from lit_features.data.preprocess import EntryError, Preprocessor
-from lit_features.interfaces import resume_planners
+from lit_features.data.sample import Sample
+from lit_features.interfaces import PreprocessorProvider, resume_planners
 from lit_features.units.sampling import UnitSampleDataset, UnitSampler, UnitWorkSource, open_units
 from lit_features.units.unit_list import UnitList
 
@@ -207,7 +208,7 @@ class ManifestDataModule(pl.LightningDataModule):
 
     def _preprocessor(self) -> Preprocessor:
         module = self.trainer.lightning_module if self.trainer is not None else None
-        if module is None or not hasattr(module, "preprocessor"):
+        if not isinstance(module, PreprocessorProvider):
             raise RuntimeError("ManifestDataModule needs an extractor module that provides preprocessor()")
         return module.preprocessor()
 

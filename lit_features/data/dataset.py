@@ -12,10 +12,10 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from lit_features.data.decode_sandbox import DecodeSandbox
-from lit_features.data.manifest import IMAGE_LIST_FIELDS, Sample
 from lit_features.data.media_cache import MediaCache
 from lit_features.data.preprocess import MediaLoader, Preprocessor, SampleFailure
-from lit_features.records import Failure
+from lit_features.data.sample import IMAGE_LIST_FIELDS, Sample
+from lit_features.records import Failure, thumbnail
 
 
 @dataclass
@@ -111,6 +111,7 @@ class SampleDataset(Dataset):
         """Decode and transform one sample into a worker item (a failure item when anything goes wrong)."""
         self.attempts.mark(sample, "start")
         started, decode_before = time.perf_counter(), self.media.seconds
+        self.media.last_frame = None
         try:
             out = self.preprocessor(sample, self.media)
             prepared = out if isinstance(out, Prepared) else Prepared(out)
@@ -126,6 +127,9 @@ class SampleDataset(Dataset):
                 "ok": False,
                 "failure": Failure(sample.key, sample.source, "transform", type(err).__name__, message),
             }
+        if not item["ok"]:
+            item["failure"].preview = thumbnail(self.media.last_frame)
+        self.media.last_frame = None  # a whole clip's frames may hang on it
         self.attempts.mark(sample, "end")
         item["decode_s"] = self.media.seconds - decode_before
         item["transform_s"] = time.perf_counter() - started - item["decode_s"]

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 
 from lit_features.data.decode_sandbox import DecoderCrashed, DecodeSandbox, DecodeTimeout, RemoteError
-from lit_features.data.manifest import Sample
 from lit_features.data.media import DecodedVideo
 from lit_features.data.media_cache import MediaCache
+from lit_features.data.sample import Sample
 from lit_features.data.sampling import FrameSampling
 from lit_features.remote import RemoteAccessError, is_remote
 
@@ -48,6 +48,7 @@ class MediaLoader:
         self.video_backend = video_backend
         self.cache = cache if cache is not None else MediaCache()
         self.seconds = 0.0  # time spent waiting on media (fetching and decoding), for run summaries
+        self.last_frame: Any = None  # a frame of the sample being prepared, for the preview of a failure
 
     def prefetch(self, paths: list[str | None]) -> None:
         """Start fetching the remote ones among ``paths`` (a batch's media) while earlier samples decode."""
@@ -78,11 +79,14 @@ class MediaLoader:
         self, path: str, sampling: FrameSampling, cut: list[float] | None = None, size: tuple[int, int] | None = None
     ) -> DecodedVideo:
         """Frames of ``path`` chosen by ``sampling``; ``size`` = (H, W) scales them while decoding."""
-        return self._call("video", path, sampling, cut, self.video_backend, size)
+        decoded = self._call("video", path, sampling, cut, self.video_backend, size)
+        self.last_frame = decoded.frames[len(decoded.frames) // 2] if len(decoded.frames) else None
+        return decoded
 
     def image(self, path: str, exif_transpose: bool = True) -> Any:
         """RGB ``uint8 [H, W, 3]``; ``exif_transpose=False`` keeps the stored orientation (EXIF ignored)."""
-        return self._call("image", path, exif_transpose=exif_transpose)
+        self.last_frame = self._call("image", path, exif_transpose=exif_transpose)
+        return self.last_frame
 
     def npz(self, path: str, key: str = "data") -> Any:
         return self._call("npz", path, key)

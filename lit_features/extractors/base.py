@@ -9,12 +9,10 @@ so a broken manifest or a mismatched store stops the run before any weights are 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, ClassVar
 
 import lightning.pytorch as pl
@@ -23,6 +21,7 @@ import torch
 from lit_features.data.dataset import Batch
 from lit_features.data.preprocess import Preprocessor
 from lit_features.errors import UserError
+from lit_features.models.stand_in import is_stand_in
 from lit_features.records import Failure, FeatureRecord, PredictionOutput
 from lit_features.store.fingerprint import weight_identity
 from lit_features.store.layout import STORE_FORMAT_VERSION
@@ -30,7 +29,6 @@ from lit_features.store.layout import STORE_FORMAT_VERSION
 log = logging.getLogger(__name__)
 
 EXTRACTORS: dict[str, type[FeatureExtractor]] = {}
-STAND_IN_MARKER = "tiny_random_stand_in"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -71,21 +69,6 @@ def looks_like_hub_id(path: str) -> bool:
     """``org/name`` with no local meaning (not ``./x``, ``/x`` or a ``pretrained_model/...`` folder)."""
     parts = path.split("/")
     return len(parts) == 2 and all(parts) and not path.startswith((".", "/", "~")) and parts[0] != "pretrained_model"
-
-
-def is_stand_in(path: str | os.PathLike) -> bool:
-    """True when the weights at ``path`` carry the tiny random stand-in marker."""
-    path = Path(path)
-    candidates = [path] if path.is_file() and path.suffix == ".json" else list(path.glob("**/config.json"))[:8]
-    for file in candidates:
-        try:
-            if json.loads(file.read_text()).get(STAND_IN_MARKER):
-                return True
-        except (OSError, ValueError):
-            continue
-    if path.is_file():
-        return path.with_name(path.name + ".stand_in").exists()
-    return False
 
 
 class FeatureExtractor(pl.LightningModule):

@@ -39,8 +39,8 @@ import torch
 import torch.nn.functional as F
 
 from lit_features.data.dataset import Batch, Prepared
-from lit_features.data.manifest import Sample
 from lit_features.data.preprocess import EntryError, MediaLoader, Preprocessor
+from lit_features.data.sample import Sample
 from lit_features.extractors.base import FeatureExtractor, resolve_dtype
 from lit_features.extractors.qwen_hidden import QwenHiddenStates
 from lit_features.extractors.qwen_inputs import RESERVED_TOKENS, QwenPromptPreprocessor

@@ -10,7 +10,6 @@ by the frozen, eval-mode front end (``lrw_resnet18_mstcn_adamw_s3.pth.tar`` with
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,9 @@ from typing import Any
 import torch
 
 from lit_features.data.dataset import Batch, Prepared
-from lit_features.data.manifest import Sample
 from lit_features.data.preprocess import EntryError, MediaLoader, Preprocessor, SampleFailure
-from lit_features.extractors.base import STAND_IN_MARKER, FeatureExtractor, MissingWeightsError
+from lit_features.data.sample import Sample
+from lit_features.extractors.base import FeatureExtractor, MissingWeightsError
 from lit_features.models.lip_resnet import (
     MOUTH_CROP_SIZE,
     MOUTH_MEAN,
@@ -32,18 +31,6 @@ from lit_features.models.lip_resnet import (
 )
 
 EXPECTED_CLIP = f"a uint8 [T, H, W] grayscale array with H, W >= {MOUTH_CROP_SIZE}"
-
-
-def checkpoint_is_stand_in(path: str | os.PathLike) -> bool:
-    """True when the checkpoint dict at ``path`` carries the tiny random stand-in marker.
-
-    Memory-maps the file (tensor data is not read); a file that cannot be read that way is not a stand-in.
-    """
-    try:
-        checkpoint = torch.load(os.fspath(path), map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # legacy (non-zip) or foreign files: the maker never writes those
-        return False
-    return isinstance(checkpoint, Mapping) and checkpoint.get(STAND_IN_MARKER) is True
 
 
 @dataclass
@@ -102,8 +89,6 @@ class LipEmbeddings(FeatureExtractor):
     ):
         # No remote code: the network is defined in lit_features.models.lip_resnet.
         super().__init__(model_path, dtype, trust_remote_code=False)
-        # The stand-in maker marks the checkpoint dict itself (no config.json beside a single file).
-        self.is_stand_in = self.is_stand_in or (os.path.isfile(model_path) and checkpoint_is_stand_in(model_path))
         self._preprocessor = MouthClipPreprocessor()
 
     def check_weights_present(self, path: str) -> None:

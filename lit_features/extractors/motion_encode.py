@@ -18,9 +18,10 @@ from typing import Any
 import torch
 
 from lit_features.data.dataset import Batch
+from lit_features.data.feature_data import StoredFeaturePreprocessor
 from lit_features.extractors.base import FeatureExtractor, MissingWeightsError
+from lit_features.models.motion_checkpoint import load_motion_checkpoint
 from lit_features.store.weights import sha256_file
-from lit_features.training.feature_data import StoredFeaturePreprocessor
 
 #: Recorded in the fingerprint: stores written before the outputs followed upstream (latent flattened to
 #: ``[T, N, latent_dim]``, ratio ``input_dim / latent_dim``) are refused rather than extended with new samples.
@@ -63,8 +64,6 @@ class MotionEncodeFeatures(FeatureExtractor):
     def input_dim(self) -> int:
         """Channel count the checkpoint expects (read from the checkpoint once)."""
         if self._input_dim is None:
-            from lit_features.training.motion_ae import load_motion_checkpoint
-
             model = self.model if self.model is not None else load_motion_checkpoint(self.model_path)
             self._input_dim = int(model.config.input_dim)
         return self._input_dim
@@ -82,8 +81,6 @@ class MotionEncodeFeatures(FeatureExtractor):
         return fp
 
     def load_model(self) -> torch.nn.Module:
-        from lit_features.training.motion_ae import load_motion_checkpoint
-
         return load_motion_checkpoint(self.model_path, allow_pickle=self.allow_pickle).to(self.compute_dtype)
 
     def extract(self, inputs: Any, batch: Batch) -> list[dict[str, torch.Tensor]]:

@@ -35,14 +35,14 @@ from lit_features.extractors.vision_tower import (
     choose_normalisation,
     omit_default_rounding,
 )
-from lit_features.models.onevision_vit import (
+from lit_features.models.onevision_positions import (
     DEFAULT_TEMPORAL_SLOTS,
-    OneVisionViTModel,
     frame_slots,
     grid_positions,
     patchify,
     visible_indices_for_slots,
 )
+from lit_features.models.onevision_vit import OneVisionViTModel
 from lit_features.models.packed_vision_tower import resolve_layer, token_budget_groups
 from lit_features.models.weights import from_pretrained_strict
 
@@ -173,49 +173,18 @@ class OneVisionPackedFeatures(OneVisionFeatures):
     """OneVision ViT features, packed form: every sample of a batch in one sequence (``grid_thw``,
     ``patch_positions``, block-diagonal attention). Same preprocessing, keys and shapes as ``onevision``.
 
+    Every other argument (and its ``--model.*`` flag) is :class:`OneVisionFeatures`'s, with the same default.
+
     Args:
-        model_path: checkpoint directory (the same one ``onevision`` loads).
-        layer: index into ``hidden_states`` (``-2``: output of the penultimate layer, before the post-norm).
-        num_frames: frames uniformly sampled from each video (at most the model's ``temporal_slots``).
-        snap: ``crop`` (floor + center-crop, the model's rule) or ``resize``.
-        short_clip: policy for videos with fewer frames than ``num_frames``.
-        max_pixels: downscale larger inputs to at most this many pixels first (``None``: never).
-        normalization: ``clip`` (default), another preset, or ``checkpoint``.
-        frame_rounding: ``round`` (default) or ``floor`` the uniform frame positions.
         max_tokens: most patches in one packed sequence; a batch above it is cut into several packs between
             samples (a single larger sample still runs whole). ``None``: one pack per batch.
-        dtype: model dtype; features are stored in it.
     """
 
     extractor_name = "onevision_packed"
     fingerprint_exclude = ("model_path", "max_tokens")  # like batch size: where packs split changes no result
 
-    def __init__(
-        self,
-        model_path: str = "pretrained_model/OneVision-Encoder-Base",
-        layer: int = -2,
-        num_frames: int = 8,
-        snap: Literal["resize", "crop"] = "crop",
-        short_clip: Literal["fail", "pad_last", "stretch"] = "fail",
-        max_pixels: int | None = None,
-        normalization: str = "clip",
-        frame_rounding: FrameRounding = "round",
-        max_tokens: int | None = 65536,
-        dtype: str = "bfloat16",
-        trust_remote_code: bool = False,
-    ):
-        super().__init__(
-            model_path,
-            layer,
-            num_frames,
-            snap,
-            short_clip,
-            max_pixels,
-            normalization,
-            frame_rounding,
-            dtype,
-            trust_remote_code,
-        )
+    def __init__(self, *args: Any, max_tokens: int | None = 65536, **kwargs: Any):
+        super().__init__(*args, **kwargs)  # the parent's arguments, unchanged (and its flags: --model.layer ...)
         if max_tokens is not None and max_tokens < 1:
             raise ValueError(f"max_tokens must be positive or None, got {max_tokens}")
         self.max_tokens = max_tokens

@@ -20,8 +20,8 @@ from typing import Any, Literal
 import torch
 
 from lit_features.data.dataset import Prepared
-from lit_features.data.manifest import Sample
 from lit_features.data.preprocess import EntryError, MediaLoader, Preprocessor
+from lit_features.data.sample import Sample
 from lit_features.data.sampling import FrameSampling
 from lit_features.extractors.base import quiet_transformers
 

@@ -23,8 +23,8 @@ from typing import Any, Literal
 import torch
 
 from lit_features.data.dataset import Batch, Prepared
-from lit_features.data.manifest import IMAGE_EXTENSIONS, Sample
 from lit_features.data.preprocess import MediaLoader, Preprocessor
+from lit_features.data.sample import IMAGE_EXTENSIONS, Sample
 from lit_features.data.sampling import FrameRounding, FrameSampling
 from lit_features.data.transforms import NORMALIZATION_PRESETS, center_crop, normalize, resize, to_tensor
 from lit_features.extractors.base import FeatureExtractor, quiet_transformers
@@ -268,49 +268,18 @@ class PackedVisionTowerFeatures(VisionTowerFeatures):
     ``vision_tower``, so the two stores compare with ``lit_features verify``. The forward stops after
     ``layer``, so the default ``-2`` never runs the last layer.
 
+    Every other argument (and its ``--model.*`` flag) is :class:`VisionTowerFeatures`'s, with the same default.
+
     Args:
-        model_path: weights folder (a full SigLIP/CLIP checkpoint or a vision-only one) or hub id.
-        layer: index into ``hidden_states`` (``-2``: output of the penultimate layer).
-        num_frames: frames uniformly sampled from each video.
-        snap: how sides are made multiples of the patch size (``resize`` or ``crop``).
-        short_clip: policy for videos with fewer frames than ``num_frames``.
-        max_pixels: downscale larger inputs to at most this many pixels first (``None``: never).
-        normalization: ``checkpoint`` or a preset name, as for ``vision_tower``.
-        frame_rounding: ``round`` (default) or ``floor`` the uniform frame positions.
         max_tokens: most tokens in one packed sequence; a batch above it is cut into several packs
             between samples (a single larger sample still runs whole). ``None``: one pack per batch.
-        dtype: model dtype; features are stored in it.
     """
 
     extractor_name = "vision_tower_packed"
     fingerprint_exclude = ("model_path", "max_tokens")  # like batch size: where packs split changes no result
 
-    def __init__(
-        self,
-        model_path: str = "pretrained_model/siglip-so400m-patch14-384",
-        layer: int = -2,
-        num_frames: int = 8,
-        snap: Literal["resize", "crop"] = "resize",
-        short_clip: Literal["fail", "pad_last", "stretch"] = "fail",
-        max_pixels: int | None = None,
-        normalization: str = "checkpoint",
-        frame_rounding: FrameRounding = "round",
-        max_tokens: int | None = 65536,
-        dtype: str = "bfloat16",
-        trust_remote_code: bool = False,
-    ):
-        super().__init__(
-            model_path,
-            layer,
-            num_frames,
-            snap,
-            short_clip,
-            max_pixels,
-            normalization,
-            frame_rounding,
-            dtype,
-            trust_remote_code,
-        )
+    def __init__(self, *args: Any, max_tokens: int | None = 65536, **kwargs: Any):
+        super().__init__(*args, **kwargs)  # the parent's arguments, unchanged (and its flags: --model.layer ...)
         if max_tokens is not None and max_tokens < 1:
             raise ValueError(f"max_tokens must be positive or None, got {max_tokens}")
         self.max_tokens = max_tokens

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from lit_features.data.dataset import Prepared
-from lit_features.data.manifest import IMAGE_EXTENSIONS, Sample
 from lit_features.data.preprocess import EntryError, MediaLoader, Preprocessor
+from lit_features.data.sample import IMAGE_EXTENSIONS, Sample
 from lit_features.data.sampling import FrameSampling
 from lit_features.data.transforms import NORMALIZATION_PRESETS, UPSTREAM_SIZE_RULES, normalize
 from lit_features.errors import UserError

@@ -5,26 +5,22 @@ The model takes features from a video foundation model (VideoMAE, V-JEPA, DINOv2
 temporal difference of the features (optionally next to the features themselves), refines it with a
 depthwise-separable temporal convolution and a temporal transformer, and projects to the latent; the decoder
 mirrors that path back to ``C`` channels. Training minimises reconstruction error, error on the reconstructed
-temporal differences and a small penalty on latent jitter (:func:`motion_autoencoder_loss`).
+temporal differences and a small penalty on latent jitter
+(:func:`lit_features.models.motion_loss.motion_autoencoder_loss`).
 
-This file offers the model, its config, the loss and :func:`load_motion_autoencoder`, which reads the
-upstream checkpoint layout ``{epoch, state_dict, config, mean_loss}`` with strict key and shape checks.
+This file offers the model and its config; loading checkpoints is :mod:`lit_features.models.motion_checkpoint`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import pathlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-
-from lit_features.models.weights import load_state_dict_strict
 
 SEQUENCE_GROUPINGS = ("per_position", "upstream_flat")
 """How the ``[B, T, N, D]`` token grid is cut into sequences for the temporal layers.
@@ -58,7 +54,7 @@ class MotionAutoencoderConfig:
     num_layers: int = 2
     dropout: float = 0.1
     use_token: bool = True
-    sequence_grouping: str = "per_position"
+    sequence_grouping: Literal["per_position", "upstream_flat"] = "per_position"
 
     def __post_init__(self) -> None:
         for name in ("input_dim", "model_dim", "latent_dim", "num_heads", "num_layers"):
@@ -107,15 +103,6 @@ class MotionAutoencoderOutput:
     latent: torch.Tensor
     reconstruction: torch.Tensor
     motion_embedding: torch.Tensor
-
-
-class MotionAutoencoderLosses(NamedTuple):
-    """Weighted total and the three unweighted terms of :func:`motion_autoencoder_loss`."""
-
-    total: torch.Tensor
-    recon: torch.Tensor
-    motion: torch.Tensor
-    smooth: torch.Tensor
 
 
 def temporal_difference(x: torch.Tensor) -> torch.Tensor:
@@ -278,7 +265,7 @@ class MotionFeatureAutoencoder(nn.Module):
         )
         self.encoder = MotionFeatureEncoder(self.config)
         self.decoder = MotionFeatureDecoder(self.config)
-        # Set by load_motion_autoencoder so shape errors can say which weights expected which shape.
+        # Set by the checkpoint loaders so shape errors can say which weights expected which shape.
         self.checkpoint_path: str | None = None
 
     @classmethod
@@ -359,124 +346,3 @@ class MotionFeatureAutoencoder(nn.Module):
             "motion_embedding": latent.mean(dim=2),
             "compression_ratio": self.compression_ratio,
         }
-
-
-def motion_autoencoder_loss(
-    x: torch.Tensor,
-    out: MotionAutoencoderOutput,
-    recon_weight: float = 1.0,
-    motion_weight: float = 1.0,
-    smooth_weight: float = 0.05,
-) -> MotionAutoencoderLosses:
-    """Reconstruction + temporal-difference + latent-smoothness loss.
-
-    ``recon = MSE(x_hat, x)``, ``motion = MSE(x_hat[:, 1:] - x_hat[:, :-1], x[:, 1:] - x[:, :-1])`` and
-    ``smooth = mean |z[:, 1:] - z[:, :-1]|``. The differences use the T-1 real steps (no zero first step),
-    so the mean is not diluted by a constant zero frame.
-
-    Args:
-        x: The features given to the model.
-        out: The model's output for ``x``.
-        recon_weight: Weight of the reconstruction term.
-        motion_weight: Weight of the temporal-difference term.
-        smooth_weight: Weight of the latent-smoothness term.
-
-    Returns:
-        ``(total, recon, motion, smooth)``; the terms are unweighted and keep their autograd graph.
-
-    Raises:
-        ValueError: When the reconstruction does not match ``x`` or there are fewer than 2 frames.
-    """
-    x_hat = out.reconstruction
-    if x_hat.shape != x.shape:
-        raise ValueError(
-            f"motion_autoencoder_loss: reconstruction shape {tuple(x_hat.shape)} differs from the input "
-            f"shape {tuple(x.shape)}; pass the same features that produced `out`"
-        )
-    if x.shape[1] < 2:
-        raise ValueError(
-            f"motion_autoencoder_loss needs at least 2 frames on dimension 1 for the temporal terms, "
-            f"got shape {tuple(x.shape)}"
-        )
-    recon = F.mse_loss(x_hat, x)
-    motion = F.mse_loss(x_hat[:, 1:] - x_hat[:, :-1], x[:, 1:] - x[:, :-1])
-    smooth = (out.latent[:, 1:] - out.latent[:, :-1]).abs().mean()
-    total = recon_weight * recon + motion_weight * motion + smooth_weight * smooth
-    return MotionAutoencoderLosses(total=total, recon=recon, motion=motion, smooth=smooth)
-
-
-# Upstream training stores argparse Namespace values, whose paths are pathlib objects; allowing exactly
-# these classes keeps torch.load in its safe weights-only mode.
-CHECKPOINT_SAFE_GLOBALS = [
-    pathlib.PosixPath,
-    pathlib.WindowsPath,
-    pathlib.PurePosixPath,
-    pathlib.PureWindowsPath,
-]
-
-
-def load_motion_autoencoder(
-    path: str | os.PathLike,
-    map_location: str | torch.device = "cpu",
-    allow_pickle: bool = False,
-) -> MotionFeatureAutoencoder:
-    """Loads a checkpoint in the upstream layout ``{epoch, state_dict, config, mean_loss}``.
-
-    ``config`` is a dict holding at least the constructor arguments (extra training arguments are
-    ignored). When it has no ``use_token`` entry the value is read off the input projection's width. When
-    it has no ``sequence_grouping`` entry the checkpoint comes from the upstream trainer and is loaded with
-    ``"upstream_flat"``, the token grouping it was trained with (see :data:`SEQUENCE_GROUPINGS`).
-
-    Args:
-        path: Checkpoint file.
-        map_location: Device the tensors are loaded onto.
-        allow_pickle: Load with full pickle (can run arbitrary code) for checkpoints holding objects other
-            than tensors, containers and paths. Only for files you trust.
-
-    Returns:
-        The model in eval mode, weights loaded strictly.
-
-    Raises:
-        FileNotFoundError: When ``path`` does not exist.
-        ValueError: When the file is not in the expected layout or its weights do not match its config.
-    """
-    path_str = os.fspath(path)
-    if not os.path.isfile(path_str):
-        raise FileNotFoundError(f"motion autoencoder checkpoint not found: {path_str}")
-    try:
-        with torch.serialization.safe_globals(CHECKPOINT_SAFE_GLOBALS):
-            checkpoint = torch.load(path_str, map_location=map_location, weights_only=not allow_pickle)
-    except Exception as error:  # torch raises several unpickling error types; all mean the same here
-        raise ValueError(
-            f"{path_str}: cannot read it as a torch checkpoint ({type(error).__name__}: "
-            f"{str(error).splitlines()[0]}); if it holds custom objects and you trust it, pass "
-            f"allow_pickle=True"
-        ) from error
-    if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint or "config" not in checkpoint:
-        found = sorted(checkpoint) if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
-        raise ValueError(
-            f"{path_str}: expected a dict with 'state_dict' and 'config' (the upstream "
-            f"{{epoch, state_dict, config, mean_loss}} layout), found {found}"
-        )
-    state_dict, raw_config = checkpoint["state_dict"], checkpoint["config"]
-    if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise ValueError(f"{path_str}: 'state_dict' must map parameter names to tensors")
-    if not isinstance(raw_config, Mapping):
-        raise ValueError(
-            f"{path_str}: 'config' must be a dict of constructor arguments, got {type(raw_config).__name__}"
-        )
-    config_values = dict(raw_config)
-    config_values.setdefault("sequence_grouping", "upstream_flat")
-    if "use_token" not in config_values and "input_dim" in config_values:
-        proj = state_dict.get("encoder.input_proj.weight")
-        if proj is not None:
-            config_values["use_token"] = proj.shape[1] == 2 * int(config_values["input_dim"])
-    try:
-        config = MotionAutoencoderConfig.from_dict(config_values)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{path_str}: invalid 'config': {error}") from error
-
-    model = MotionFeatureAutoencoder.from_config(config)
-    load_state_dict_strict(model, state_dict, path_str, "the motion autoencoder built from its config")
-    model.checkpoint_path = path_str
-    return model.eval()

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 
 META_KEY = "__lit_features_meta__"
 
@@ -140,17 +141,13 @@ def probe(path: str | os.PathLike, codec: str) -> dict[str, tuple[list[int], str
                             out[info.filename[: -len(".npy")]] = (shape, str(dtype))
             return out or None
         if codec == "safetensors":
-            with open(path, "rb") as fh:
-                size = int.from_bytes(fh.read(8), "little")
-                header = json.loads(fh.read(size))
-            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-            if os.path.getsize(path) != 8 + size + end:
-                return None
-            return {
-                k: (list(v["shape"]), _SAFETENSORS_DTYPES.get(v["dtype"], v["dtype"].lower()))
-                for k, v in header.items()
-                if k != "__metadata__"
-            }
+            # safe_open reads the header only and refuses a file that is not exactly as long as it says.
+            with safe_open(path, framework="pt") as fh:
+                slices = {k: fh.get_slice(k) for k in fh.keys()}  # noqa: SIM118 - a safe_open handle, not a dict
+                return {
+                    k: (list(v.get_shape()), _SAFETENSORS_DTYPES.get(v.get_dtype(), v.get_dtype().lower()))
+                    for k, v in slices.items()
+                }
         if codec in ("pt", "pt_bare"):
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # maps, reads no data
             tensors = {"tensor": obj} if isinstance(obj, torch.Tensor) else obj

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from lit_features.store import layout
+
+log = logging.getLogger(__name__)
 
 
 def export_manifest_with_features(
@@ -63,3 +66,21 @@ def export_entries_jsonl(root: Path, name: str) -> int:
         lines.append(json.dumps({**(entry if isinstance(entry, dict) else {"key": key}), "file": row["file"]}) + "\n")
     layout.atomic_write_text(root / name, "".join(lines))
     return len(lines)
+
+
+def export_run_manifest(
+    output_dir: Path,
+    samples: list[Any] | None,
+    name: str,
+    path_template: str,
+    fields: dict[str, str] | None,
+    done_only: bool,
+) -> None:
+    """The writer's ``export_manifest`` at the end of a run: :func:`export_manifest_with_features` of the run's
+    samples into ``output_dir / name`` (one path field per tensor name when files are per name)."""
+    if samples is None:
+        log.warning("export_manifest: the datamodule has no samples list; nothing exported")
+        return
+    target = output_dir / name
+    n = export_manifest_with_features(output_dir, samples, target, "{name}" in path_template, fields, done_only)
+    log.info("wrote %s (%d entries with features)", target, n)

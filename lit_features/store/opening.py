@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lit_features.interfaces import StoreSubject
+from lit_features.models.stand_in import STAND_IN_MARKER
 from lit_features.store import layout
 from lit_features.store.codecs import EXTENSIONS
 from lit_features.store.lock import StoreLock, StoreNotWritableError
@@ -21,6 +23,21 @@ from lit_features.store.resume import check_distinct_paths, check_same_inputs
 from lit_features.store.state import StoreState
 
 log = logging.getLogger(__name__)
+
+
+def store_states(output_dir: Path, module: Any, codec: str, path_template: str) -> dict[str, StoreState]:
+    """The stores a run writes (one per sub-store the module declares), each with its fingerprint and the
+    description ``store.json`` records beside it. A module that is not an extractor gets one store named
+    after its class."""
+    if isinstance(module, StoreSubject):
+        fingerprints, name, stand_in = module.store_fingerprints(), module.extractor_name, module.is_stand_in
+    else:
+        fingerprints, name, stand_in = {"": {"extractor": type(module).__qualname__}}, type(module).__name__, False
+    extras = {"extractor": name, "codec": codec, "path_template": path_template, STAND_IN_MARKER: bool(stand_in)}
+    return {
+        sub: StoreState(output_dir / sub if sub else output_dir, {**fp, "writer": {"codec": codec}}, extras)
+        for sub, fp in fingerprints.items()
+    }
 
 
 @dataclass

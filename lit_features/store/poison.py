@@ -15,6 +15,7 @@ to see says something about the sample in it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import time
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from lit_features.store import layout
+
+log = logging.getLogger(__name__)
 
 # PyTorch's two messages for a dead worker: "DataLoader worker (pid 12) is killed by signal: Segmentation
 # fault." (from its SIGCHLD handler) and "DataLoader worker (pid(s) 12, 13) exited unexpectedly".
@@ -118,3 +121,26 @@ def record_worker_death(
         for path in crash_logs:
             record_crashes(path, samples, reason, rank)
     return samples, reason
+
+
+def note_worker_death(
+    error: BaseException,
+    attempts: Path,
+    stores: list[Any],
+    job_stopping: bool,
+    rank: int,
+    max_attempts: int,
+    logs: list[Path] | None = None,
+) -> None:
+    """:func:`record_worker_death` for the stores of a run (``StoreState``), and one error line per sample
+    counted, saying how many crashes it has left before it is skipped. ``logs``: the crash logs to append to
+    (default: this rank's of every store; with work units, those of the units in flight)."""
+    if logs is None:
+        logs = [layout.rank_file(store.root, layout.CRASHES_DIR, rank) for store in stores]
+    samples, reason = record_worker_death(error, attempts, logs, job_stopping, rank)
+    for key, source in samples.items():
+        log.error(
+            "a DataLoader worker %s while preparing %s (%s): crash %d of %d allowed for this sample; after that "
+            "it is recorded as RepeatedWorkerCrash and skipped. Rerun to continue.",
+            reason, key, source, len(stores[0].crashes.get(key, [])) + 1, max_attempts,
+        )  # fmt: skip

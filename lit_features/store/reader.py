@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 from lit_features.errors import UserError
 from lit_features.store import layout
 from lit_features.store.codecs import decode
+from lit_features.store.fingerprint import describe_difference, fingerprint_hash
 from lit_features.store.resume import row_files, row_problem
 from lit_features.units.rows import iter_unit_rows
 
@@ -129,6 +130,18 @@ class FeatureStore:
             if dtype and str(got.dtype).removeprefix("torch.") != dtype and self.codec not in ("npz", "npz_compressed"):
                 return f"tensor {name!r} has dtype {got.dtype}, the index recorded {dtype}"
         return None
+
+    def check_same_features(self, fingerprint: dict[str, Any], made_with: str) -> None:
+        """Refuse a ``fingerprint`` (of an extractor, e.g. one that would compute missing samples) whose features
+        would differ from this store's: other weights or other preprocessing. The store's writer settings count
+        as the same (``made_with`` names the weights in the message)."""
+        stored = self.info.get("fingerprint", {})
+        current = {**fingerprint, "writer": stored.get("writer", {})}
+        if fingerprint_hash(current) != self.fingerprint:
+            raise ValueError(
+                f"features computed with {made_with} would differ from those in {self.root}:\n"
+                f"{describe_difference(stored, current)}"
+            )
 
     def meta(self, key: str) -> dict[str, Any]:
         return self._rows[key].get("meta", {})

@@ -107,6 +107,11 @@ class SampleWriter:
         for slot in [s for s in self._logs if s[1] == route]:
             self._logs.pop(slot).close()
 
+    @property
+    def queue_depth(self) -> int:
+        """Batches waiting for the thread (at ``queue_size`` the model waits for the disk)."""
+        return self._queue.qsize()
+
     def raise_if_failed(self) -> None:
         if self.error is None:
             return

@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lit_features.interfaces import ModelsReport
+from lit_features.interfaces import ModelsReport, ReportsModels, SampleProvider
 from lit_features.store.reader import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -119,3 +119,13 @@ def write_vfm_report(output_dir: Path, report: ModelsReport, inputs: str, num_vi
                 info["store"],
             )
     return summary
+
+
+def report_models(output_dir: Path, module: Any, data: Any) -> dict[str, Any] | None:
+    """The end-of-run report for a module that asks for one (:class:`~lit_features.interfaces.ReportsModels`),
+    with what the DataModule read; ``None`` for other modules."""
+    if not isinstance(module, ReportsModels):
+        return None
+    inputs = data.describe_inputs() if isinstance(data, SampleProvider) else "None"
+    samples = data.samples if isinstance(data, SampleProvider) else None
+    return write_vfm_report(output_dir, module.models_report(), inputs, len(samples or []))

@@ -24,20 +24,20 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from lit_features.errors import UserError
-from lit_features.interfaces import ReportsModels, SampleProvider, WorkItem, run_samples, run_units
+from lit_features.interfaces import WorkItem, run_samples, run_units
 from lit_features.records import Failure, PredictionOutput
 from lit_features.store import layout, run_summary
 from lit_features.store.codecs import EXTENSIONS
-from lit_features.store.exports import export_entries_jsonl, export_manifest_with_features
+from lit_features.store.exports import export_entries_jsonl, export_run_manifest
 from lit_features.store.lock import StoreLock, StoreNotWritableError
 from lit_features.store.merge import merge_store_logs
-from lit_features.store.opening import open_stores
-from lit_features.store.poison import record_worker_death
+from lit_features.store.opening import open_stores, store_states
+from lit_features.store.poison import note_worker_death
 from lit_features.store.resume import adoptable_rows
 from lit_features.store.sample_writer import SampleWriter, StoreWriteError
 from lit_features.store.shared import StoreNotSharedError, check_shared_store
 from lit_features.store.state import StoreMismatchError, StoreState
-from lit_features.store.vfm_report import write_vfm_report
+from lit_features.store.vfm_report import report_models
 
 __all__ = [
     "FeatureWriter",
@@ -165,9 +165,6 @@ class FeatureWriter(BasePredictionWriter):
         return job.claim()
 
     # -- set-up ------------------------------------------------------------------------------------------------
-    def _store_root(self, name: str) -> Path:
-        return self.output_dir / name if name else self.output_dir
-
     @property
     def ext(self) -> str:
         return EXTENSIONS[self.codec]
@@ -176,7 +173,7 @@ class FeatureWriter(BasePredictionWriter):
         if stage != "predict":
             return
         self.rank, self.world_size = trainer.global_rank, trainer.world_size
-        self.stores = self._make_stores(pl_module)
+        self.stores = store_states(self.output_dir, pl_module, self.codec, self.path_template)
         unit_list = run_units(trainer)
         if unit_list is not None:
             self._setup_units(trainer, unit_list)
@@ -228,24 +225,6 @@ class FeatureWriter(BasePredictionWriter):
         self._started = time.monotonic()
         self._set_up, self._finished, self._crashed = True, False, False
         self.run_summary = {}
-
-    def _make_stores(self, pl_module: pl.LightningModule) -> dict[str, StoreState]:
-        fingerprints = (
-            pl_module.store_fingerprints()
-            if hasattr(pl_module, "store_fingerprints")
-            else {"": {"extractor": type(pl_module).__qualname__}}
-        )
-        extras = {
-            "extractor": getattr(pl_module, "extractor_name", type(pl_module).__name__),
-            "codec": self.codec,
-            "path_template": self.path_template,
-            "tiny_random_stand_in": bool(getattr(pl_module, "is_stand_in", False)),
-        }
-        writer_params = {"codec": self.codec}
-        return {
-            name: StoreState(self._store_root(name), {**fp, "writer": writer_params}, extras)
-            for name, fp in fingerprints.items()
-        }
 
     def _open_on_rank_zero(self, samples: Sequence[WorkItem] | None) -> dict[str, list[str]]:
         """Refuse, lock, verify and prepare (see :func:`open_stores`); returns the keys whose rows lie."""
@@ -323,6 +302,27 @@ class FeatureWriter(BasePredictionWriter):
             log.info("%s: %d samples already at their destination counted as done", store.root, len(rows))
         return keys
 
+    def progress(self) -> dict[str, Any]:
+        """This rank's counts so far, cheap to read while the run goes on (live dashboards poll it).
+
+        ``written`` / ``failed`` / ``skipped`` samples (``skipped``: already settled, the same on every rank),
+        seconds spent decoding, transforming, in the model and writing, and ``queue_depth``: batches waiting for
+        the writer thread.
+        """
+        writer = self._writer
+        counts, timing = (writer.counts, writer.timing) if writer is not None else ({}, {})
+        return {
+            "written": counts.get("written", 0),
+            "failed": counts.get("failed", 0),
+            "write_failed": counts.get("write_failed", 0),
+            "skipped": self.skipped,
+            "seconds_decode": timing.get("decode_s", 0.0),
+            "seconds_transform": timing.get("transform_s", 0.0),
+            "seconds_model": timing.get("model_s", 0.0),
+            "seconds_writing": writer.seconds_writing if writer is not None else 0.0,
+            "queue_depth": writer.queue_depth if writer is not None else 0,
+        }
+
     def attempt_log_path(self) -> str | None:
         """Where this rank's DataLoader workers log the samples they start and finish."""
         first = next(iter(self.stores.values()), None)
@@ -386,7 +386,7 @@ class FeatureWriter(BasePredictionWriter):
                 self.summary = run_summary.rank_summary(self._writer, self.rank, self.skipped, elapsed)
                 run = self.units.finish(trainer, self.summary)
             if self.rank == 0 and not run["write_failed"]:
-                self._report(trainer, pl_module)
+                report_models(self.output_dir, pl_module, trainer.datamodule)  # for extractors that ask
         except OSError as err:
             self._release_lock()
             raise StoreWriteError(
@@ -423,27 +423,11 @@ class FeatureWriter(BasePredictionWriter):
                 self.output_dir, run["written"], run["failed"], run["skipped"], run["samples_per_s"],
             )  # fmt: skip
             if self.export_manifest:
-                self._export(trainer)
+                export_run_manifest(
+                    self.output_dir, run_samples(trainer), self.export_manifest, self.path_template,
+                    self.export_fields, self.export_done_only,
+                )  # fmt: skip
         return run
-
-    def _report(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Upstream's per-model report, for extractors that ask for one (rank 0, the store complete)."""
-        if isinstance(pl_module, ReportsModels):
-            data = trainer.datamodule
-            inputs = data.describe_inputs() if isinstance(data, SampleProvider) else "None"
-            write_vfm_report(self.output_dir, pl_module.models_report(), inputs, len(run_samples(trainer) or []))
-
-    def _export(self, trainer: pl.Trainer) -> None:
-        samples = run_samples(trainer)
-        if samples is None:
-            log.warning("export_manifest: the datamodule has no samples list; nothing exported")
-            return
-        target = self.output_dir / self.export_manifest
-        per_name = "{name}" in self.path_template
-        n = export_manifest_with_features(
-            self.output_dir, samples, target, per_name, self.export_fields, self.export_done_only
-        )
-        log.info("wrote %s (%d entries with features)", target, n)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._crashed = True
@@ -457,20 +441,12 @@ class FeatureWriter(BasePredictionWriter):
     def _note_worker_death(self, trainer: pl.Trainer, exception: BaseException) -> None:
         """Count a crash for the samples a dead DataLoader worker was preparing, if the job itself was not stopped."""
         attempts = self.attempt_log_path()
-        if attempts is None:
-            return
-        logs = [layout.rank_file(store.root, layout.CRASHES_DIR, self.rank) for store in self.stores.values()]
-        if self.units is not None:
-            logs = self.units.crash_logs()
-        stopping = bool(getattr(trainer, "received_sigterm", False))
-        samples, reason = record_worker_death(exception, Path(attempts), logs, stopping, self.rank)
-        first = next(iter(self.stores.values()))
-        for key, source in samples.items():
-            log.error(
-                "a DataLoader worker %s while preparing %s (%s): crash %d of %d allowed for this sample; after that "
-                "it is recorded as RepeatedWorkerCrash and skipped. Rerun to continue.",
-                reason, key, source, len(first.crashes.get(key, [])) + 1, self.max_attempts,
-            )  # fmt: skip
+        if attempts is not None:
+            stopping = bool(getattr(trainer, "received_sigterm", False))  # Lightning's SIGTERM flag
+            logs = self.units.crash_logs() if self.units is not None else None
+            note_worker_death(
+                exception, Path(attempts), list(self.stores.values()), stopping, self.rank, self.max_attempts, logs
+            )
 
     def _release_lock(self) -> None:
         if self.units is not None:

@@ -24,7 +24,8 @@ import lightning.pytorch as pl
 import torch
 
 from lit_features.errors import UserError
-from lit_features.models.motion_autoencoder import CHECKPOINT_SAFE_GLOBALS, MotionFeatureAutoencoder
+from lit_features.models.motion_autoencoder import MotionFeatureAutoencoder
+from lit_features.models.motion_checkpoint import CHECKPOINT_SAFE_GLOBALS, load_motion_checkpoint
 
 #: Training arguments the upstream trainer records next to the model arguments, with their hparams names here.
 TRAINING_ARGS = {
@@ -156,8 +157,6 @@ def export_motion_checkpoint(checkpoint: str, output: str, allow_pickle: bool = 
         output: the upstream file to write, e.g. ``checkpoints_videomaev2/motion_ae_epoch10.pt``.
         allow_pickle: fully unpickle the checkpoint (only for files you trust).
     """
-    from lit_features.training.motion_ae import load_motion_checkpoint
-
     if not os.path.isfile(checkpoint):
         raise UpstreamExportError(f"{checkpoint}: no such checkpoint file")
     try:

@@ -3,9 +3,10 @@
 :class:`WanTrainingDataset` returns, per clip, the stored ``video`` latent, ``prompt_ids`` (UMT5 embedding),
 ``prompt_mask``, any I2V and Qwen keys, and the ``caption``. Given a manifest it trains on the manifest's clips; a
 clip the store lacks raises a ``KeyError`` naming it, or, with ``compute_missing=True``, is computed on the fly by the
-same extractor the store was written with (rebuilt from the store's fingerprint, and refused if it would compute
-different numbers), through the extractor's own preprocessor and ``predict_step``, so a partly cached dataset
-trains on exactly what a full extraction would have stored.
+extractor it is given (refused if it would compute numbers other than the store's;
+:func:`lit_features.extractors.from_store.extractor_for_store` rebuilds the one a store was written with), through
+the extractor's own preprocessor and ``predict_step``, so a partly cached dataset trains on exactly what a full
+extraction would have stored.
 
 :class:`JsonlFeatureDataset` reads the ``data.jsonl`` + ``.pt`` layout the way upstream trainers do: each row's
 ``file`` (relative to the data folder) is a ``torch.save`` dict whose ``video``, ``prompt_ids`` and
@@ -18,54 +19,26 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import Dataset
 
 from lit_features.data.dataset import BatchCollator, SampleDataset
 from lit_features.data.decode_sandbox import DecodeSandbox
-from lit_features.data.manifest import ManifestError, Sample, read_manifests
+from lit_features.data.manifest import ManifestError, read_manifests
 from lit_features.data.preprocess import EntryError
-from lit_features.extractors.base import FeatureExtractor
-from lit_features.extractors.bindweave import BindWeaveTrainingFeatures
-from lit_features.extractors.wan import WanTrainingFeatures
-from lit_features.store.fingerprint import describe_difference, fingerprint_hash
+from lit_features.data.sample import Sample
 from lit_features.store.reader import FeatureStore
+
+if TYPE_CHECKING:  # the extractor is given: training code never builds one
+    from lit_features.extractors.base import FeatureExtractor
 
 FEATURE_KEYS = ("video", "prompt_ids", "prompt_mask")
 
 
 class MissingFeaturesError(KeyError):
     """A clip the training set needs is not in the store and on-the-fly computation is off."""
-
-
-def extractor_for_store(
-    store: FeatureStore, model_path: str, check: bool = True, qwen_model_path: str | None = None
-) -> FeatureExtractor:
-    """Rebuild the extractor that wrote ``store`` (its init arguments are in the store's fingerprint).
-
-    ``model_path`` is the Wan weights folder; a ``bindweave_train`` store also needs ``qwen_model_path``. With
-    ``check``, refuse when the rebuilt extractor's fingerprint differs from the store's (different weights, or a
-    newer preprocessing), since its features would not match the cached ones.
-    """
-    stored = store.info.get("fingerprint", {})
-    name, params = stored.get("extractor"), stored.get("params", {})
-    if name == WanTrainingFeatures.extractor_name:
-        extractor: FeatureExtractor = WanTrainingFeatures(model_path=model_path, **params)
-    elif name == BindWeaveTrainingFeatures.extractor_name:
-        if qwen_model_path is None:
-            raise ValueError(f"{store.root} holds BindWeave features: give qwen_model_path as well as model_path")
-        extractor = BindWeaveTrainingFeatures(wan_model_path=model_path, qwen_model_path=qwen_model_path, **params)
-    else:
-        raise ValueError(f"{store.root} was written by {name!r}, not by 'wan_train' or 'bindweave_train'")
-    current = {**extractor.fingerprint(), "writer": stored.get("writer", {})}
-    if check and fingerprint_hash(current) != store.fingerprint:
-        raise ValueError(
-            f"features computed with {model_path} would differ from those in {store.root}:\n"
-            f"{describe_difference(stored, current)}"
-        )
-    return extractor
 
 
 class WanTrainingDataset(Dataset):
@@ -77,11 +50,9 @@ class WanTrainingDataset(Dataset):
         manifest: the clips to train on (any manifest form ``predict`` takes); default: every clip in the store.
             Use the manifest the store was written from, so keys match.
         root: folder relative manifest paths are joined onto.
-        compute_missing: compute clips missing from the store with the extractor instead of raising.
-        extractor: the extractor to compute with; default: rebuilt from the store's fingerprint with
-            ``model_path``.
-        model_path: the (Wan) weights folder for the rebuilt extractor.
-        qwen_model_path: the Qwen2.5-VL weights folder, for a ``bindweave_train`` store.
+        compute_missing: compute clips missing from the store with ``extractor`` instead of raising.
+        extractor: the extractor to compute with, e.g.
+            ``extractor_for_store(FeatureStore(store), model_path)`` (:mod:`lit_features.extractors.from_store`).
         check_fingerprint: refuse an extractor whose features would differ from the store's.
         decode_timeout_s: seconds one on-the-fly decode may take.
         sandbox: decode on-the-fly clips in a child process (protects training from decoder crashes).
@@ -94,8 +65,6 @@ class WanTrainingDataset(Dataset):
         root: str | None = None,
         compute_missing: bool = False,
         extractor: FeatureExtractor | None = None,
-        model_path: str | None = None,
-        qwen_model_path: str | None = None,
         check_fingerprint: bool = True,
         decode_timeout_s: float = 60.0,
         sandbox: bool = True,
@@ -113,10 +82,13 @@ class WanTrainingDataset(Dataset):
             self.keys = self.store.keys()
         self.compute_missing = compute_missing
         if compute_missing and extractor is None:
-            if model_path is None:
-                raise ValueError("compute_missing needs the extractor, or model_path to rebuild it from the store")
-            assert self.store is not None
-            extractor = extractor_for_store(self.store, model_path, check_fingerprint, qwen_model_path)
+            raise ValueError(
+                "compute_missing needs the extractor to compute with; "
+                "lit_features.extractors.from_store.extractor_for_store(store, model_path) rebuilds the store's"
+            )
+        if compute_missing and check_fingerprint and self.store is not None:
+            assert extractor is not None
+            self.store.check_same_features(extractor.fingerprint(), extractor.model_path)
         self.extractor = extractor
         self.decode_timeout_s = decode_timeout_s
         self.sandbox = sandbox

@@ -26,15 +26,14 @@ from lit_features.data.keys import MAX_KEY_LENGTH, sanitize_key, short_hash
 from lit_features.data.manifest import (
     ManifestError,
     RawEntry,
-    Sample,
     check_duplicate,
     entry_identity,
     iter_csv,
     make_sample,
     read_manifest_entries,
-    validate_entry,
 )
 from lit_features.data.remote import as_location
+from lit_features.data.sample import Sample, validate_entry
 from lit_features.progress import progress
 from lit_features.store import layout
 from lit_features.units.unit_list import Unit, UnitList, file_identity

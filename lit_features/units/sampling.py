@@ -19,8 +19,9 @@ from typing import Any
 from torch.utils.data import DistributedSampler
 
 from lit_features.data.dataset import SampleDataset
-from lit_features.data.manifest import ManifestError, RawEntry, Sample, make_sample
+from lit_features.data.manifest import ManifestError, RawEntry, make_sample
 from lit_features.data.preprocess import EntryError
+from lit_features.data.sample import Sample
 from lit_features.errors import ConfigError, UserError
 from lit_features.interfaces import UnitStore, unit_stores
 from lit_features.units.cutting import unit_samples

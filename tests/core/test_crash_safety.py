@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import torch
 
 from lit_features.store import FeatureStore, layout
@@ -89,16 +90,11 @@ def test_kill_9_at_several_points_then_rerun_gives_every_key_once(tiny_models: P
 def children(parent: int) -> list[tuple[int, bytes]]:
     """(pid, command line) of the direct children of ``parent``."""
     out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for child in psutil.Process(parent).children():
         try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
+            out.append((child.pid, "\0".join(child.cmdline()).encode()))
+        except psutil.Error:  # gone meanwhile
             continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
-            out.append((int(entry.name), cmdline))
     return out
 
 
@@ -109,8 +105,8 @@ def worker_pids(parent: int) -> list[int]:
 
 def alive(pid: int) -> bool:
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
         return False
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lit_features.data.sampling import FrameSampling, ShortClipError, fps_interval, uniform_indices
 from lit_features.data.transforms import crop_then_resize, normalize, resize_short_side, resize_then_crop
@@ -37,11 +38,20 @@ def test_short_clip_policies_are_explicit() -> None:
 
 
 def test_resize_orders_differ_as_upstream() -> None:
-    x = torch.rand(2, 3, 720, 1280)
+    x = torch.rand(2, 3, 720, 1280, generator=torch.Generator().manual_seed(0))
+
+    def bilinear(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+    # crop first: the centred 720x1248 region of the target's aspect (832/480 * 720 = 1248), then 480x832
     a = crop_then_resize(x, (480, 832))
+    assert torch.equal(a, bilinear(x[..., :, 16:1264], (480, 832)))
+    # resize first: cover 480x832 keeping aspect (480 x ceil(1280 * 2/3) = 854), then the centred 832 columns
     b = resize_then_crop(x, (480, 832))
-    assert a.shape == b.shape == (2, 3, 480, 832)
-    assert resize_short_side(torch.rand(1, 3, 240, 321), 100).shape[-2:] == (100, 134)
+    assert torch.equal(b, bilinear(x, (480, 854))[..., :, 11:843])
+    assert (a - b).abs().max() > 0.1  # the two orders are not interchangeable
+    small = torch.rand(1, 3, 240, 321, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(resize_short_side(small, 100), bilinear(small, (100, 134)))  # ceil(321 * 100/240) = 134
     assert normalize(torch.ones(1, 3, 2, 2), "half").eq(1).all()
     with pytest.raises(ValueError, match="smaller than the crop"):
         from lit_features.data.transforms import center_crop

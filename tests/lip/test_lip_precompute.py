@@ -16,8 +16,9 @@ import torch
 
 from lit_features.data.manifest import ManifestError
 from lit_features.extractors.base import MissingWeightsError
-from lit_features.extractors.lip import LipEmbeddings, checkpoint_is_stand_in
+from lit_features.extractors.lip import LipEmbeddings
 from lit_features.models.lip_resnet import UPSTREAM_CHECKPOINT_NAME, load_lip_frontend
+from lit_features.models.stand_in import checkpoint_is_marked
 from tests.conftest import REPO_ROOT, cli_env
 from tests.lip.conftest import BAD_CLIPS, CONFIG, LipData, index_rows, make_lip_data, predict
 from tools.make_iianet_dataset import CLIPS
@@ -173,10 +174,10 @@ def test_weights_and_entries_are_checked_before_any_work(tiny_models: Path, tmp_
     assert LipEmbeddings(model_path=str(stand_in)).is_stand_in
     real_like = tmp_path / UPSTREAM_CHECKPOINT_NAME
     torch.save({"model_state_dict": torch.load(stand_in, weights_only=True)["model_state_dict"]}, real_like)
-    assert not checkpoint_is_stand_in(real_like) and not LipEmbeddings(model_path=str(real_like)).is_stand_in
+    assert not checkpoint_is_marked(real_like) and not LipEmbeddings(model_path=str(real_like)).is_stand_in
 
     from lit_features.data.datamodule import ManifestDataModule
-    from lit_features.data.manifest import Sample
+    from lit_features.data.sample import Sample
 
     pre = LipEmbeddings(model_path=str(stand_in)).preprocessor()
     with pytest.raises(ManifestError, match=r"s1\.json, entry 0, field 'path': expected a mouth-crop \.npz"):

@@ -11,10 +11,10 @@ from lit_features.models.motion_autoencoder import (
     MotionAutoencoderConfig,
     MotionAutoencoderOutput,
     MotionFeatureAutoencoder,
-    load_motion_autoencoder,
-    motion_autoencoder_loss,
     temporal_difference,
 )
+from lit_features.models.motion_checkpoint import load_motion_autoencoder
+from lit_features.models.motion_loss import motion_autoencoder_loss
 from tests.models.upstream_motion_reference import UpstreamMotionAutoencoder
 from tools.tiny_models import motion_autoencoder as tiny_motion
 

@@ -7,9 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lit_features.models.onevision_vit import (
-    OneVisionViTConfig,
-    OneVisionViTModel,
+from lit_features.models.onevision_positions import (
     apply_rope,
     frame_slots,
     grid_positions,
@@ -19,6 +17,7 @@ from lit_features.models.onevision_vit import (
     rope_frequencies,
     visible_indices_for_slots,
 )
+from lit_features.models.onevision_vit import OneVisionViTConfig, OneVisionViTModel
 from tools.tiny_models import onevision_vit as tiny_onevision
 
 PATCH = 14

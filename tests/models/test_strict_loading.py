@@ -12,10 +12,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from lit_features.extractors.dinov2 import DINOv2Features
 from lit_features.extractors.onevision import OneVisionFeatures
 from lit_features.extractors.qwen_hidden import QwenHiddenStates
-from lit_features.extractors.vfm import DINOv2Features, VideoMAEFeatures, VJEPA2Features
+from lit_features.extractors.videomae import VideoMAEFeatures
 from lit_features.extractors.vision_tower import VisionTowerFeatures
+from lit_features.extractors.vjepa2 import VJEPA2Features
 from lit_features.extractors.wan import WanTrainingFeatures
 from lit_features.models.onevision_vit import OneVisionViTConfig, OneVisionViTModel
 from lit_features.models.weights import WeightsMismatchError, check_state_dict

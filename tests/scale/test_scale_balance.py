@@ -12,8 +12,8 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DistributedSampler
 
 from lit_features.data.datamodule import ManifestDataModule, RankShardSampler, assign_to_ranks, estimate_cost
-from lit_features.data.manifest import Sample
 from lit_features.data.preprocess import Preprocessor
+from lit_features.data.sample import Sample
 
 
 def skewed_costs(n: int, seed: int = 0) -> list[float]:

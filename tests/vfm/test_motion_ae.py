@@ -10,18 +10,16 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from lit_features.cli import run_cli as lightning_cli
-from lit_features.models.motion_autoencoder import load_motion_autoencoder
+from lit_features.data.feature_data import FeatureShapeError, MotionFeatureDataModule, open_feature_store, split_keys
+from lit_features.models.motion_checkpoint import load_motion_autoencoder, load_motion_checkpoint
 from lit_features.store.reader import FeatureStore
-from lit_features.training.feature_data import FeatureShapeError, open_feature_store, split_keys
-from lit_features.training.motion_ae import (
-    MotionAutoencoderModule,
-    MotionFeatureDataModule,
-    load_motion_checkpoint,
-)
+from lit_features.training.motion_ae import MotionAutoencoderModule
 from tests.conftest import REPO_ROOT, run_cli
 from tests.vfm.vfm_test_helpers import known_motion_samples, write_store
+from tests.wandb_offline import read_run
 
 TINY_AE = ["--model.input_dim", "32", "--model.model_dim", "32", "--model.latent_dim", "16", "--model.num_heads", "4"]
 
@@ -53,7 +51,9 @@ def fitted(motion_store, tmp_path_factory) -> dict:
     args += ["--model.num_layers", "1", "--model.dropout", "0.0", "--model.lr", "3e-3", "--data.val_fraction", "0.2"]
     args += ["--data.batch_size", "4", "--data.num_workers", "0", "--trainer.max_epochs", "8"]
     args += ["--trainer.enable_progress_bar", "false"]
-    proc = run_cli(args, OMP_NUM_THREADS="1", WANDB_MODE="offline", WANDB_SILENT="true")
+    proc = run_cli(
+        args, OMP_NUM_THREADS="1", WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DATA_DIR=str(out / "wandb_data")
+    )
     return {"out": out, "ckpt": out / "checkpoints" / "last.ckpt", "log": proc.stdout + proc.stderr}
 
 
@@ -71,10 +71,25 @@ def test_fit_lowers_validation_reconstruction_mse_at_least_5x(fitted):
 def test_fit_writes_an_offline_wandb_run_with_metrics_lr_and_latent_histograms(fitted):
     runs = list((fitted["out"] / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
-    data = next(runs[0].glob("run-*.wandb")).read_bytes()  # W&B's local transaction log
+    run = read_run(runs[0])  # W&B's local transaction log, parsed with wandb's record classes
     for key in ("train/loss_step", "val/recon_mse", "val/cosine", "val/motion_loss", "lr-AdamW"):
-        assert key.encode() in data, key
-    assert b"val/latent_histogram" in data and b'"histogram"' in data
+        assert run.series(key), key
+    histograms = run.series("val/latent_histogram")
+    assert len(histograms) == 8 and histograms[0]["_type"] == "histogram"
+
+
+def test_fit_logs_reconstruction_panels_as_images_per_validation_epoch(fitted):
+    (folder,) = (fitted["out"] / "wandb").glob("offline-run-*")
+    run = read_run(folder)
+    for key in ("val/feature_maps", "val/reconstruction_error_over_time", "val/latent_trajectories"):
+        images = run.series(key)
+        assert len(images) == 8, key  # one per validation epoch (8 epochs), none for the sanity check
+        assert all(image["_type"] == "image-file" for image in images)
+        last = Image.open(folder / "files" / images[-1]["path"])
+        assert last.size == (images[-1]["width"], images[-1]["height"])
+    # Feature maps: input above reconstruction, one 8-pixel tile per time step of the [8, 4, 4, 32] clips.
+    maps = run.series("val/feature_maps")[-1]
+    assert (maps["width"], maps["height"]) == (8 * 4 * 8, 2 * 4 * 8)
 
 
 def test_encode_fit_checkpoint_writes_latent_motion_embedding_and_ratio(fitted, motion_store, tmp_path):

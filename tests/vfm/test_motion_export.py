@@ -14,8 +14,9 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lit_features.cli import run_cli as lightning_cli
+from lit_features.data.feature_data import MotionFeatureDataModule
 from lit_features.store.reader import FeatureStore
-from lit_features.training.motion_ae import MotionAutoencoderModule, MotionFeatureDataModule
+from lit_features.training.motion_ae import MotionAutoencoderModule
 from lit_features.training.motion_export import UpstreamCheckpointExport, UpstreamExportError
 from tests.conftest import REPO_ROOT, run_cli
 from tests.models.upstream_motion_reference import UpstreamMotionAutoencoder

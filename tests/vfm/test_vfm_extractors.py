@@ -12,15 +12,12 @@ from lit_features.data.decode_sandbox import DecodeSandbox
 from lit_features.data.manifest import ManifestError, read_manifests
 from lit_features.data.preprocess import MediaLoader
 from lit_features.extractors.base import MissingWeightsError
-from lit_features.extractors.vfm import (
-    DINOv2Features,
-    MultiVFMFeatures,
-    VideoClipPreprocessor,
-    VideoMAEFeatures,
-    VideoMAEv2Features,
-    VJEPA2Features,
-    rope_position_ids,
-)
+from lit_features.extractors.dinov2 import DINOv2Features
+from lit_features.extractors.vfm import VideoClipPreprocessor
+from lit_features.extractors.vfm_multi import MultiVFMFeatures
+from lit_features.extractors.videomae import VideoMAEFeatures
+from lit_features.extractors.videomae_v2 import VideoMAEv2Features
+from lit_features.extractors.vjepa2 import VJEPA2Features, rope_position_ids
 from lit_features.models.videomae_v2 import CLASSIFIER_HEAD_KEYS, resize_position_table
 
 ATOL = 1e-5  # same weights, same pixels, float32: only summation order may differ

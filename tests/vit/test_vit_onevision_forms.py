@@ -5,7 +5,7 @@ import torch
 
 from lit_features.data.dataset import Batch
 from lit_features.extractors.onevision import OneVisionFeatures, OneVisionPackedFeatures
-from lit_features.models.onevision_vit import grid_positions, patchify
+from lit_features.models.onevision_positions import grid_positions, patchify
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from lit_features.data.dataset import BatchCollator, SampleDataset
 from lit_features.data.decode_sandbox import DecodeSandbox
 from lit_features.data.manifest import read_manifests
-from lit_features.extractors import EXTRACTORS
 from lit_features.extractors.wan import (
     WanTrainingFeatures,
     WanVideoPreprocessor,
@@ -76,8 +75,7 @@ def normalised_mode(vae, pixels: torch.Tensor) -> torch.Tensor:
     return (z - mean) / std
 
 
-def test_registered_and_stand_in_layout(wan_path):
-    assert EXTRACTORS["wan_train"] is WanTrainingFeatures
+def test_stand_in_layout(wan_path):
     extractor = WanTrainingFeatures(model_path=wan_path, **SMALL)
     assert extractor.is_stand_in
     folder = Path(wan_path)

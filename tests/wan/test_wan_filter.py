@@ -8,7 +8,15 @@ import pickle
 import pytest
 import yaml
 
-from lit_features.commands.filter import RULES, drop_reason, filter_clips, lmdb_path, read_lmdb_rows, run_filter
+from lit_features.commands.filter import (
+    RULES,
+    FilterRules,
+    drop_reason,
+    filter_clips,
+    lmdb_path,
+    read_lmdb_rows,
+    run_filter,
+)
 from lit_features.data.manifest import read_manifests
 from tests.conftest import run_cli
 
@@ -64,26 +72,29 @@ TABLE = [
 
 @pytest.mark.parametrize(("entry", "expected"), TABLE)
 def test_each_row_trips_its_rule(entry, expected):
-    assert drop_reason(dict(entry), **UPSTREAM) == expected
+    assert drop_reason(dict(entry), FilterRules(**UPSTREAM)) == expected
 
 
 def test_rules_apply_in_upstream_order():
     # fails rules 1, 3 and 8 at once: counted once, by the first
     entry = row(cap=None, resolution={"height": 1920, "width": 1080}, num_frames=2)
-    assert drop_reason(entry, **UPSTREAM) == "no_cap"
+    assert drop_reason(entry, FilterRules(**UPSTREAM)) == "no_cap"
     kept = row(cut=[7, 90])
-    assert drop_reason(kept, **UPSTREAM) is None and kept["start_frame_idx"] == 7
+    assert drop_reason(kept, FilterRules(**UPSTREAM)) is None and kept["start_frame_idx"] == 7
 
 
 def test_1280x720_passes_at_a_lower_min_hxw():
-    assert drop_reason(row(resolution={"height": 720, "width": 1280}), **{**UPSTREAM, "min_hxw": 480 * 832}) is None
+    assert (
+        drop_reason(row(resolution={"height": 720, "width": 1280}), FilterRules(**{**UPSTREAM, "min_hxw": 480 * 832}))
+        is None
+    )
 
 
 def test_non_numeric_values_are_errors_not_drops():
     with pytest.raises(ValueError, match="num_frames"):
-        drop_reason(row(num_frames=...), **UPSTREAM)
+        drop_reason(row(num_frames=...), FilterRules(**UPSTREAM))
     with pytest.raises(ValueError, match="resolution"):
-        drop_reason(row(resolution={"height": "720", "width": 1280}), **UPSTREAM)
+        drop_reason(row(resolution={"height": "720", "width": 1280}), FilterRules(**UPSTREAM))
 
 
 def write_dataset(tmp_path, rows):
@@ -100,12 +111,13 @@ def write_dataset(tmp_path, rows):
 def test_counts_outputs_and_lmdb(tmp_path):
     config = write_dataset(tmp_path, [dict(r) for r, _ in TABLE])
     summary = run_filter(
-        **{**dict.fromkeys(("output", "from_lmdb", "sample_stride")), **config},
-        too_long_factor=5.0,
-        max_motion_value=1.0,
-        min_motion_value=0.0,
+        config["ann_txt_path"],
+        config["save_path"],
+        FilterRules(**UPSTREAM),
         save_absolute_path=True,
+        output=None,
         lmdb=True,
+        from_lmdb=None,
         allow_pickle=False,
     )
     expected = {rule: sum(1 for _, e in TABLE if e == rule) for rule in RULES}

@@ -11,6 +11,7 @@ import torch
 from lit_features.__main__ import main
 from lit_features.data.datamodule import ManifestDataModule
 from lit_features.data.manifest import ManifestError, read_manifests
+from lit_features.extractors.from_store import extractor_for_store
 from lit_features.extractors.wan import WanTrainingFeatures
 from lit_features.store.reader import FeatureStore
 from lit_features.training.wan_dataset import (
@@ -109,12 +110,13 @@ def test_partly_cached_dataset_computes_the_rest(flashi2v_store, tiny_models, me
     assert strict.missing() == ["astronaut_png"]
     with pytest.raises(MissingFeaturesError, match="astronaut_png"):
         strict[3]
+    extractor = extractor_for_store(FeatureStore(flashi2v_store["out"]), str(tiny_models / WAN))
     online = WanTrainingDataset(
         flashi2v_store["out"],
         manifest=manifest,
         root=str(media),
         compute_missing=True,
-        model_path=str(tiny_models / WAN),
+        extractor=extractor,
         sandbox=False,
     )
     item = online[3]
@@ -137,7 +139,13 @@ def test_rebuilt_extractor_must_match_the_store(flashi2v_store, tiny_models, tmp
         (other / "tokenizer" / "tokenizer_config.json").read_text().replace("512", "256")
     )
     with pytest.raises(ValueError, match="would differ"):
-        WanTrainingDataset(flashi2v_store["out"], compute_missing=True, model_path=str(other))
+        extractor_for_store(FeatureStore(flashi2v_store["out"]), str(other))
+    # An extractor given to the dataset is held to the same rule.
+    params = FeatureStore(flashi2v_store["out"]).info["fingerprint"]["params"]
+    with pytest.raises(ValueError, match="would differ"):
+        WanTrainingDataset(
+            flashi2v_store["out"], compute_missing=True, extractor=WanTrainingFeatures(model_path=str(other), **params)
+        )
 
 
 def test_shipped_config_as_is_and_short_clip_policy(tiny_models, media, tmp_path):

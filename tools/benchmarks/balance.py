@@ -35,8 +35,8 @@ import torch
 
 from lit_features.data.datamodule import assign_to_ranks
 from lit_features.data.dataset import Batch, Prepared
-from lit_features.data.manifest import Sample
 from lit_features.data.preprocess import MediaLoader, Preprocessor
+from lit_features.data.sample import Sample
 from lit_features.extractors.base import FeatureExtractor
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,9 +12,7 @@ import pathlib
 
 import torch
 
-from tools.tiny_models._guard import replace_stand_in_dir
-
-MARKER = "tiny_random_stand_in"
+from tools.tiny_models._guard import MARKER, replace_stand_in_dir
 
 
 def _save(model: torch.nn.Module, target: pathlib.Path, mean: list[float], std: list[float], size: int) -> None:

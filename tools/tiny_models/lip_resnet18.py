@@ -16,24 +16,7 @@ import sys
 import torch
 
 from lit_features.models.lip_resnet import UPSTREAM_CHECKPOINT_NAME, LipReadingResNet18
-
-STAND_IN_MARKER = "tiny_random_stand_in"
-
-
-def _refuse_to_overwrite_real_file(path: pathlib.Path) -> None:
-    """Raises FileExistsError when ``path`` exists and is not a stand-in written by this tool."""
-    if not path.exists():
-        return
-    try:
-        existing = torch.load(path, map_location="cpu", weights_only=True)
-        is_stand_in = isinstance(existing, dict) and existing.get(STAND_IN_MARKER) is True
-    except Exception:  # unreadable or not a plain checkpoint: treat it as someone's real file
-        is_stand_in = False
-    if not is_stand_in:
-        raise FileExistsError(
-            f"refusing to overwrite {path}: it has no '{STAND_IN_MARKER}' marker, so it may be real weights; "
-            f"move it away or pick another output folder"
-        )
+from tools.tiny_models._guard import MARKER, refuse_real_weights
 
 
 def make(out_root: pathlib.Path) -> list[pathlib.Path]:
@@ -50,7 +33,7 @@ def make(out_root: pathlib.Path) -> list[pathlib.Path]:
     """
     out_root = pathlib.Path(out_root)
     path = out_root / UPSTREAM_CHECKPOINT_NAME
-    _refuse_to_overwrite_real_file(path)
+    refuse_real_weights(path)
     out_root.mkdir(parents=True, exist_ok=True)
 
     generator = torch.Generator().manual_seed(0)
@@ -70,7 +53,7 @@ def make(out_root: pathlib.Path) -> list[pathlib.Path]:
     state_dict["tcn_output.weight"] = torch.randn(500, 768, generator=generator)
     state_dict["tcn_output.bias"] = torch.zeros(500)
 
-    torch.save({"model_state_dict": state_dict, STAND_IN_MARKER: True}, path)
+    torch.save({"model_state_dict": state_dict, MARKER: True}, path)
     return [path]
 
 

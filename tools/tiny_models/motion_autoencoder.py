@@ -16,8 +16,8 @@ import sys
 import torch
 
 from lit_features.models.motion_autoencoder import MotionAutoencoderConfig, MotionFeatureAutoencoder
+from tools.tiny_models._guard import MARKER, refuse_real_weights
 
-STAND_IN_MARKER = "tiny_random_stand_in"
 FILE_NAME = "motion_autoencoder_upstream.pt"
 
 TINY_CONFIG = {
@@ -42,22 +42,6 @@ TINY_CONFIG = {
 }
 
 
-def _refuse_to_overwrite_real_file(path: pathlib.Path) -> None:
-    """Raises FileExistsError when ``path`` exists and is not a stand-in written by this tool."""
-    if not path.exists():
-        return
-    try:
-        existing = torch.load(path, map_location="cpu", weights_only=True)
-        is_stand_in = isinstance(existing, dict) and existing.get(STAND_IN_MARKER) is True
-    except Exception:  # unreadable or not a plain checkpoint: treat it as someone's real file
-        is_stand_in = False
-    if not is_stand_in:
-        raise FileExistsError(
-            f"refusing to overwrite {path}: it has no '{STAND_IN_MARKER}' marker, so it may be a trained "
-            f"checkpoint; move it away or pick another output folder"
-        )
-
-
 def make(out_root: pathlib.Path) -> list[pathlib.Path]:
     """Writes ``out_root/motion_autoencoder_upstream.pt`` with seeded random weights.
 
@@ -72,7 +56,7 @@ def make(out_root: pathlib.Path) -> list[pathlib.Path]:
     """
     out_root = pathlib.Path(out_root)
     path = out_root / FILE_NAME
-    _refuse_to_overwrite_real_file(path)
+    refuse_real_weights(path)
     out_root.mkdir(parents=True, exist_ok=True)
 
     # Upstream-trained weights run with the upstream token grouping; it has no parameters of its own.
@@ -85,7 +69,7 @@ def make(out_root: pathlib.Path) -> list[pathlib.Path]:
         "state_dict": model.state_dict(),
         "config": dict(TINY_CONFIG),
         "mean_loss": 1.0,
-        STAND_IN_MARKER: True,
+        MARKER: True,
     }
     torch.save(checkpoint, path)
     return [path]

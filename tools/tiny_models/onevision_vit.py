@@ -9,17 +9,16 @@ RMSNorm variant (no norm biases) to ``OneVision-Encoder-RMSNorm/`` instead.
 
 from __future__ import annotations
 
-import json
 import pathlib
 import shutil
 
 import torch
 
 from lit_features.models.onevision_vit import OneVisionViTConfig, OneVisionViTModel
+from tools.tiny_models._guard import MARKER, refuse_real_weights
 
 DIR_NAME = "OneVision-Encoder-Base"
 RMS_DIR_NAME = "OneVision-Encoder-RMSNorm"
-MARKER = "tiny_random_stand_in"
 SEED = 0
 
 
@@ -36,13 +35,6 @@ def tiny_config(layer_norm_type: str = "layer_norm") -> OneVisionViTConfig:
     )
 
 
-def _is_stand_in(directory: pathlib.Path) -> bool:
-    try:
-        return json.loads((directory / "config.json").read_text()).get(MARKER) is True
-    except (OSError, ValueError):
-        return False
-
-
 def make(out_root: pathlib.Path, layer_norm_type: str = "layer_norm") -> list[pathlib.Path]:
     """Writes ``out_root/OneVision-Encoder-Base/`` (``OneVision-Encoder-RMSNorm/`` for ``rms_norm``) and returns
     that directory in a list.
@@ -56,11 +48,7 @@ def make(out_root: pathlib.Path, layer_norm_type: str = "layer_norm") -> list[pa
     out_root = pathlib.Path(out_root)
     dir_name = RMS_DIR_NAME if layer_norm_type == "rms_norm" else DIR_NAME
     target = out_root / dir_name
-    if target.exists() and not _is_stand_in(target):
-        raise FileExistsError(
-            f"{target} exists and is not a tiny stand-in (its config.json has no '{MARKER}' marker); "
-            "refusing to overwrite it. Write the stand-ins to another folder or move that directory away."
-        )
+    refuse_real_weights(target)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
         model = OneVisionViTModel(tiny_config(layer_norm_type))

@@ -21,9 +21,8 @@ import pathlib
 
 import torch
 
-from tools.tiny_models._guard import replace_stand_in_dir
+from tools.tiny_models._guard import MARKER, replace_stand_in_dir
 
-MARKER = "tiny_random_stand_in"
 TARGET = "Qwen2.5-VL-7B-Instruct"
 
 # The special tokens of the Qwen2/2.5-VL vocabulary, in their real order (ids 151643..151656 there).

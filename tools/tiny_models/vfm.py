@@ -14,9 +14,8 @@ import pathlib
 
 import torch
 
-from tools.tiny_models._guard import replace_stand_in_dir
+from tools.tiny_models._guard import MARKER, replace_stand_in_dir
 
-MARKER = "tiny_random_stand_in"
 # Ten times the usual init scale: attention is then far from uniform, so a token given the wrong position (or a
 # wrongly resized position table) changes the features measurably and the tests can tell.
 INIT_STD = 0.2

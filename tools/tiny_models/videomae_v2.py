@@ -15,21 +15,13 @@ import pathlib
 import torch
 
 from lit_features.models.videomae_v2 import CHECKPOINT_CONFIG_KEY, VideoMAEv2, VideoMAEv2Config
+from tools.tiny_models._guard import MARKER, refuse_real_weights
 
 FILE_NAME = "vit_b_k710_dl_from_giant.pth"
-MARKER = "tiny_random_stand_in"
 TINY_CONFIG = VideoMAEv2Config(embed_dim=32, depth=2, num_heads=2, patch_size=16, tubelet_size=2)
 # The released file carries a Kinetics-710 head; keeping one exercises the loader's head dropping.
 NUM_CLASSES = 710
 SEED = 0
-
-
-def _is_stand_in(path: pathlib.Path) -> bool:
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        return False
-    return isinstance(payload, dict) and payload.get(MARKER) is True
 
 
 def make(out_root: pathlib.Path) -> list[pathlib.Path]:
@@ -43,11 +35,7 @@ def make(out_root: pathlib.Path) -> list[pathlib.Path]:
     """
     out_root = pathlib.Path(out_root)
     target = out_root / FILE_NAME
-    if target.exists() and not _is_stand_in(target):
-        raise FileExistsError(
-            f"{target} exists and is not a tiny stand-in (no '{MARKER}' marker); refusing to overwrite it. "
-            "Write the stand-ins to another folder or move that file away."
-        )
+    refuse_real_weights(target)
     generator = torch.Generator().manual_seed(SEED)
     with torch.random.fork_rng(devices=[]):  # the throwaway init must not move the caller's RNG
         state = VideoMAEv2(TINY_CONFIG).state_dict()

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 import pathlib
-import shutil
 
 import torch
 
-MARKER = "tiny_random_stand_in"
+from tools.tiny_models._guard import MARKER, replace_stand_in_dir
+
 FOLDER = "Wan2.1-I2V-14B-720P-Diffusers"
 
 # Text the stand-in tokenizer is trained on (offline, with the ``tokenizers`` library): enough to tokenise the
@@ -35,23 +35,6 @@ CORPUS = [
     "Close-up of hands cooking vegetables in a pan in a bright kitchen.",
 ]
 ALPHABET = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,;:!?'\"-()")
-
-
-def _guard(target: pathlib.Path) -> None:
-    """Refuse to replace a folder that holds real weights; remove an older stand-in."""
-    if not target.exists():
-        return
-    marks = []
-    for config in [target / "model_index.json", *sorted(target.glob("*/config.json"))]:
-        try:
-            marks.append(json.loads(config.read_text()).get(MARKER) is True)
-        except (OSError, ValueError):
-            continue
-    if not marks or not all(marks):
-        raise FileExistsError(
-            f"{target} exists and is not a tiny stand-in (no '{MARKER}' in its configs); refusing to overwrite it."
-        )
-    shutil.rmtree(target)
 
 
 def _mark(config_file: pathlib.Path) -> None:
@@ -147,7 +130,7 @@ def make_image_encoder(folder: pathlib.Path, processor_folder: pathlib.Path) -> 
 def make(out_root: pathlib.Path) -> list[pathlib.Path]:
     """Write ``Wan2.1-I2V-14B-720P-Diffusers/`` (vae, text_encoder, tokenizer, image_encoder) under ``out_root``."""
     target = pathlib.Path(out_root) / FOLDER
-    _guard(target)
+    replace_stand_in_dir(target)
     target.mkdir(parents=True)
     vocab_size = make_tokenizer(target / "tokenizer")
     make_vae(target / "vae")
