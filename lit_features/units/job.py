@@ -39,6 +39,10 @@ class UnitLayoutError(UserError, RuntimeError):
     """A store and a job disagree about work units (old layout, a template without ``{key}``, ...)."""
 
 
+class UnitRefusedError(UserError, RuntimeError):
+    """Rank 0 refused the store, the manifest or a unit; the job's other ranks stop with its message."""
+
+
 def old_layout_rows(root: Path) -> bool:
     """Whether ``root`` holds index or failure rows of the layout before work units."""
     for folder in (layout.INDEX_DIR, layout.FAILURES_DIR):

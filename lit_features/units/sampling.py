@@ -25,7 +25,7 @@ from lit_features.data.sample import Sample
 from lit_features.errors import ConfigError, UserError
 from lit_features.interfaces import UnitStore, unit_stores
 from lit_features.units.cutting import unit_samples
-from lit_features.units.job import refuse_old_layout_below
+from lit_features.units.job import UnitRefusedError, refuse_old_layout_below
 from lit_features.units.opening import open_unit_list
 from lit_features.units.unit_list import UnitList, units_dir
 
@@ -106,10 +106,6 @@ class UnitSampler(DistributedSampler):
 
     def __len__(self) -> int:
         raise TypeError("work units are claimed while the job runs: the number of samples is not known in advance")
-
-
-class UnitRefusedError(UserError, RuntimeError):
-    """Rank 0 could not prepare the job's units (a refusal about the store or the manifest); every rank stops."""
 
 
 def _unit_store(datamodule: Any) -> UnitStore:

@@ -24,16 +24,12 @@ from lit_features.store.sample_writer import SampleWriter
 from lit_features.store.shared import check_shared_store
 from lit_features.store.state import StoreState
 from lit_features.units.claims import UnitClaimer, mark_rank_finished, new_job_id
-from lit_features.units.job import UnitJob, check_unit_options, refuse_old_layout
+from lit_features.units.job import UnitJob, UnitRefusedError, check_unit_options, refuse_old_layout
 from lit_features.units.unit_list import UNITS_DIR, UnitList, claim_dir
 
 log = logging.getLogger(__name__)
 
 JOBS_DIR = "jobs"
-
-
-class UnitRefusedError(UserError, RuntimeError):
-    """Rank 0 refused the store or a unit; the other ranks stop with its message."""
 
 
 def job_dir(output_dir: Path, job: str) -> Path:
