@@ -27,10 +27,11 @@ CLIP = MEDIA / "v_GGSY1Qvo990.mp4"
 
 
 def write_manifest(path: Path, n: int) -> list[str]:
-    """``n`` distinct 20-frame cuts of one bundled clip (cheap to decode, distinct keys)."""
-    rows = [{"path": str(CLIP), "cut": [i * 15, i * 15 + 20], "num_frames": 355} for i in range(n)]
+    """``n`` distinct 20-frame cuts of one bundled clip (355 frames; cheap to decode, distinct keys)."""
+    step = min(15, (355 - 20) // n)
+    rows = [{"path": str(CLIP), "cut": [i * step, i * step + 20], "num_frames": 355} for i in range(n)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return [f"media__v_GGSY1Qvo990_mp4_cut{i * 15}-{i * 15 + 20}" for i in range(n)]
+    return [f"media__v_GGSY1Qvo990_mp4_cut{i * step}-{i * step + 20}" for i in range(n)]
 
 
 def predict_args(tiny_models: Path, manifest: Path, out: Path, unit_size: int | None, expiry: float = 3.0) -> list[str]:

@@ -1,5 +1,8 @@
 """A 2-node x 2-process torchrun job (loopback, CPU, gloo; c10d rendezvous, two torchrun invocations) and a
-single-process job on one store at once: no key twice, both jobs did units, readers see all without a merge."""
+single-process job on one store at once: no key twice, both jobs did units, readers see all without a merge.
+
+All start together; the manifest is long enough (24 units) that the single job, which starts much faster than
+four ranks meeting through a rendezvous, is still working when the group joins."""
 
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ def free_port() -> int:
 @pytest.mark.slow
 def test_torchrun_group_and_single_job_share_a_store(tiny_models: Path, tmp_path: Path) -> None:
     manifest, out = tmp_path / "m.jsonl", tmp_path / "store"
-    keys = write_manifest(manifest, 16)
+    keys = write_manifest(manifest, 96)
     args = predict_args(tiny_models, manifest, out, unit_size=4, expiry=20.0)  # a sample per rank
     port = free_port()
     torchrun = [
