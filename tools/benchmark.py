@@ -2,9 +2,10 @@
 
     python tools/benchmark.py [--json] [--only core_pipeline ...] [--quick]
 
-Every module in ``tools/benchmarks/`` exposes ``run(quick: bool) -> {"rows": [...], "metrics": {...}}``.
-Rows are printed as a table; metrics (e.g. ``pipeline_vs_naive``, ``overlap_ratio``) become top-level keys of
-the JSON output. Comparisons are made side by side in one process (ratios), since shared machines are noisy.
+Every module in ``tools/benchmarks/`` exposes ``run(quick: bool) -> {"rows": [...], "metrics": {...}}``
+(optionally ``"tables": {title: [...]}`` for further tables). Rows are printed as a table; metrics become
+top-level keys of the JSON output. Comparisons are made side by side in one run (ratios), since shared machines
+are noisy.
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         result.update(out.get("metrics", {}))
         if not args.json:
             print(f"\n== {name}\n{format_table(out.get('rows', []))}", flush=True)
+            for title, rows in out.get("tables", {}).items():
+                print(f"\n-- {name}: {title}\n{format_table(rows)}", flush=True)
             for key, value in out.get("metrics", {}).items():
                 print(f"{key}: {_fmt(value)}")
     if args.json:

@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
+import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from lit_features.data.dataset import BatchCollator, SampleDataset
@@ -69,6 +70,11 @@ def assign_to_ranks(costs: Sequence[float], world_size: int, how: Literal["strid
     return shares
 
 
+def model_threads_for(cores: int, ranks_on_node: int, workers: int) -> int:
+    """Cores of one rank (the node's cores split over its ranks) less one per DataLoader worker, at least one."""
+    return max(1, cores // max(1, ranks_on_node) - workers)
+
+
 class RankShardSampler(DistributedSampler):
     """Yields one rank's precomputed share of the dataset (see :func:`assign_to_ranks`).
 
@@ -126,6 +132,8 @@ class ManifestDataModule(pl.LightningDataModule):
         lease_expiry_s: with units, after how long without a heartbeat a job's unit is taken over by another.
         wait_for_units: with units, a job with nothing left to claim waits for the units other live jobs hold
             (taking them over if their job dies) instead of ending.
+        model_threads: torch threads of the model on a CPU accelerator (``None``: the cores this rank's
+            DataLoader workers leave, at least one, unless ``OMP_NUM_THREADS`` is set; not used on GPUs).
     """
 
     def __init__(
@@ -148,6 +156,7 @@ class ManifestDataModule(pl.LightningDataModule):
         unit_size: int | None = None,
         lease_expiry_s: float = 300.0,
         wait_for_units: bool = True,
+        model_threads: int | None = None,
     ):
         super().__init__()
         if manifest is None and split_root is None:
@@ -171,6 +180,8 @@ class ManifestDataModule(pl.LightningDataModule):
         self.lease_expiry_s = lease_expiry_s
         self.wait_for_units = wait_for_units
         self.units: UnitList | None = None  # the store's unit list, when working in units
+        self.model_threads = model_threads
+        self._threads_before: int | None = None
         self.samples: list[Sample] | None = None
         self.dataset: SampleDataset | None = None
         self.costs: dict[str, float] = {}
@@ -270,6 +281,7 @@ class ManifestDataModule(pl.LightningDataModule):
         trainer = self.trainer
         rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         sampler = UnitSampler(dataset, UnitWorkSource(self, rank, world_size), world_size, rank, self.batch_size)
+        self.share_cores_with_workers()
         return self.make_loader(dataset, preprocessor, sampler)
 
     def split_unit(self, samples: list[Sample], todo: list[int], world_size: int) -> list[list[int]]:
@@ -327,7 +339,37 @@ class ManifestDataModule(pl.LightningDataModule):
         if self.trainer is not None and self.trainer.world_size > 1:
             rank, world_size = self.trainer.global_rank, self.trainer.world_size
             sampler = RankShardSampler(self.dataset, self.rank_share(self.dataset, world_size, rank), world_size, rank)
+        self.share_cores_with_workers()
         return self.make_loader(self.dataset, preprocessor, sampler)
+
+    def share_cores_with_workers(self) -> None:
+        """On a CPU accelerator, give the model the cores the DataLoader workers leave.
+
+        Each worker decodes and transforms on one core; torch's default of one model thread per core then puts
+        more busy threads than cores on the machine, and intra-op threads that wait for each other at every op
+        stall whenever one of them is descheduled (decode-bound quickstart on 2 cores: ``predict_step`` took
+        2.7x its single-thread CPU time). Thread counts do not change the model's numbers here (checked equal to
+        the seed-style loop's, which runs on every core, by ``tools/benchmarks/core_pipeline.py``).
+        """
+        accelerator = type(self.trainer.accelerator).__name__ if self.trainer is not None else ""
+        if accelerator != "CPUAccelerator":
+            return
+        threads = self.model_threads
+        if threads is None:
+            if "OMP_NUM_THREADS" in os.environ:
+                return  # the user chose
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            threads = model_threads_for(cores, self.trainer.num_devices, self.num_workers)
+        if threads != torch.get_num_threads():
+            log.debug("model threads: %d (cores left by %d DataLoader workers)", threads, self.num_workers)
+            self._threads_before = torch.get_num_threads()
+            torch.set_num_threads(threads)
+
+    def teardown(self, stage: str) -> None:
+        # The process may go on computing without the workers (a notebook, a benchmark): its threads come back.
+        before, self._threads_before = self._threads_before, None
+        if before is not None:
+            torch.set_num_threads(before)
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -9,6 +9,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch.utils.data import Dataset
 
 from lit_features.data.decode_sandbox import DecodeSandbox
@@ -43,6 +44,27 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    def pin_memory(self) -> Batch:
+        """Page-lock the input tensors (the DataLoader calls this with ``pin_memory=True``), so the copy to a GPU
+        that Lightning issues with ``non_blocking=True`` runs asynchronously. Without this method the
+        DataLoader would hand the batch over unpinned: it pins only tensors, mappings, sequences and objects
+        that offer it."""
+        self.inputs = pin_tensors(self.inputs)
+        return self
+
+
+def pin_tensors(value: Any) -> Any:
+    """``value`` with every tensor in it (through dicts, lists and tuples) in page-locked memory."""
+    if isinstance(value, torch.Tensor):
+        return value.pin_memory()
+    if isinstance(value, dict):
+        return {k: pin_tensors(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [pin_tensors(v) for v in value]
+    if type(value) is tuple:
+        return tuple(pin_tensors(v) for v in value)
+    return value
 
 
 class AttemptLog:

@@ -7,11 +7,16 @@ on timeout or child death it kills the child, starts a fresh one on the next cal
 :class:`DecodeTimeout` / :class:`DecoderCrashed` for that sample only. The child dies with its worker (a
 parent-death signal), so a worker that is killed leaves no orphaned decoder behind. DataLoader workers are
 daemonic and may not start ``multiprocessing`` children, hence a plain subprocess. Arrays travel out-of-band
-(pickle protocol 5) so the frames are copied once.
+(pickle protocol 5); large ones (decoded frames) through shared memory: the child copies them once into a
+new file on tmpfs (``/dev/shm``), the worker maps that file and unlinks it at once, so the frames are not
+pushed through the pipe and copied out again (64 KiB at a time, a context switch each). Files left by a child
+that was killed mid-reply are removed when the worker restarts it.
 """
 
 from __future__ import annotations
 
+import glob
+import mmap
 import os
 import pickle
 import select
@@ -24,7 +29,11 @@ from pathlib import Path
 from typing import Any
 
 _HEADER = struct.Struct("<QI")  # payload length, number of out-of-band buffers
-_LENGTH = struct.Struct("<Q")
+_BUFFER = struct.Struct("<QB")  # buffer length, where it is: in the pipe (0) or in a shared-memory file (1)
+_IN_PIPE, _IN_FILE = 0, 1
+SHARED_MEMORY_DIR = "/dev/shm"
+SHARED_MEMORY_ENV = "LIT_FEATURES_DECODER_SHM"  # file-name prefix the child uses for large buffers
+SHARED_MEMORY_MIN_BYTES = 1 << 20  # smaller buffers go through the pipe (a file costs more than it saves)
 
 
 class DecodeTimeout(TimeoutError):
@@ -43,17 +52,64 @@ class RemoteError(RuntimeError):
         self.type_name = type_name
 
 
-def write_message(stream: Any, obj: Any) -> None:
-    """Write ``obj`` as header + pickle + raw buffers (used by both sides)."""
+def _to_shared_file(raw: memoryview, prefix: str, number: int) -> bytes:
+    """Copy ``raw`` into a new file ``<prefix><pid>-<number>`` on tmpfs; returns its path (encoded)."""
+    path = f"{prefix}{os.getpid()}-{number}"
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        os.ftruncate(fd, raw.nbytes)
+        with mmap.mmap(fd, raw.nbytes) as target:
+            target[:] = raw
+    except BaseException:
+        os.unlink(path)
+        raise
+    finally:
+        os.close(fd)
+    return path.encode()
+
+
+def write_message(stream: Any, obj: Any, shared_prefix: str | None = None) -> None:
+    """Write ``obj`` as header + pickle + out-of-band buffers (used by both sides).
+
+    With ``shared_prefix``, buffers of at least :data:`SHARED_MEMORY_MIN_BYTES` go into shared-memory files
+    named by it, and only their paths through ``stream``.
+    """
     buffers: list[pickle.PickleBuffer] = []
     payload = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
     raws = [b.raw() for b in buffers]
+    paths: list[bytes | None] = [None] * len(raws)
+    for number, raw in enumerate(raws):  # files first: a failure (tmpfs full) leaves the pipe untouched
+        if shared_prefix is not None and raw.nbytes >= SHARED_MEMORY_MIN_BYTES:
+            try:
+                paths[number] = _to_shared_file(raw, shared_prefix, number)
+            except OSError:
+                pass  # this buffer goes through the pipe
     stream.write(_HEADER.pack(len(payload), len(raws)))
     stream.write(payload)
-    for raw in raws:
-        stream.write(_LENGTH.pack(raw.nbytes))
-        stream.write(raw)
+    for raw, path in zip(raws, paths):
+        if path is not None:
+            stream.write(_BUFFER.pack(len(path), _IN_FILE))
+            stream.write(path)
+        else:
+            stream.write(_BUFFER.pack(raw.nbytes, _IN_PIPE))
+            stream.write(raw)
     stream.flush()
+
+
+def _from_shared_file(path: str) -> mmap.mmap:
+    """Map a buffer's file (private, copy-on-write: arrays on it are writable) and unlink it: the mapping keeps
+    the memory until the last array on it is freed."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    finally:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    try:
+        return mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
+    finally:
+        os.close(fd)
 
 
 def _read_exact(fd: int, size: int, deadline: float | None) -> bytearray:
@@ -79,10 +135,11 @@ def read_message(fd: int, deadline: float | None = None) -> Any:
     """Read one message written by :func:`write_message` from a raw file descriptor."""
     length, count = _HEADER.unpack(_read_exact(fd, _HEADER.size, deadline))
     payload = _read_exact(fd, length, deadline)
-    buffers = []
-    for _ in range(count):
-        (size,) = _LENGTH.unpack(_read_exact(fd, _LENGTH.size, deadline))
-        buffers.append(_read_exact(fd, size, deadline))
+    buffers: list[Any] = []
+    for _ in range(count):  # a timeout here leaves files unread: DecodeSandbox.kill removes them
+        size, where = _BUFFER.unpack(_read_exact(fd, _BUFFER.size, deadline))
+        data = _read_exact(fd, size, deadline)
+        buffers.append(_from_shared_file(data.decode()) if where == _IN_FILE else data)
     return pickle.loads(payload, buffers=buffers)
 
 
@@ -105,12 +162,32 @@ class DecodeSandbox:
         state["_proc"], state["_owner_pid"] = None, None
         return state
 
+    def _shared_prefix(self) -> str | None:
+        """File-name prefix of this worker's shared-memory buffers (``None``: no writable tmpfs, use the pipe)."""
+        if not os.access(SHARED_MEMORY_DIR, os.W_OK):
+            return None
+        return os.path.join(SHARED_MEMORY_DIR, f"lit_features-decode-{os.getpid()}-")
+
+    def _remove_shared_files(self) -> None:
+        """Files a killed child wrote but the worker never mapped (each is unlinked once read)."""
+        prefix = self._shared_prefix()
+        for path in glob.glob(glob.escape(prefix) + "*") if prefix else []:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
     def _child_env(self) -> dict[str, str]:
         env = dict(os.environ)
         package_root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         env.setdefault("OMP_NUM_THREADS", "1")
         env["LIT_FEATURES_DECODER_PARENT"] = str(os.getpid())  # the child ends when this process does
+        prefix = self._shared_prefix()
+        if prefix is not None:
+            env[SHARED_MEMORY_ENV] = prefix
+        else:
+            env.pop(SHARED_MEMORY_ENV, None)
         return env
 
     def _ensure_child(self) -> subprocess.Popen:
@@ -131,12 +208,14 @@ class DecodeSandbox:
     def kill(self) -> None:
         """Stop the child (if any); the next call starts a fresh one."""
         proc, self._proc = self._proc, None
-        if proc is not None and self._owner_pid == os.getpid() and proc.poll() is None:
-            try:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait(timeout=5)
-            except (OSError, subprocess.TimeoutExpired):
-                pass
+        if proc is not None and self._owner_pid == os.getpid():
+            if proc.poll() is None:
+                try:
+                    proc.send_signal(signal.SIGKILL)
+                    proc.wait(timeout=5)
+                except (OSError, subprocess.TimeoutExpired):
+                    pass
+            self._remove_shared_files()
 
     def call(self, function: str, *args: Any, **kwargs: Any) -> Any:
         """Run ``media.MEDIA_FUNCTIONS[function](*args, **kwargs)`` in the child and return its result."""

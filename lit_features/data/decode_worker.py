@@ -46,7 +46,7 @@ def main() -> None:
     # Ctrl-C reaches the whole process group: the job stops, and its workers with it. Were the decoder to die of
     # it first, its worker could report a healthy sample as a crashed decode. It ends with its worker instead.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from lit_features.data.decode_sandbox import read_message, write_message
+    from lit_features.data.decode_sandbox import SHARED_MEMORY_ENV, read_message, write_message
     from lit_features.data.media import MEDIA_FUNCTIONS
 
     try:  # quiet FFmpeg: broken files are expected and reported through the reply
@@ -55,6 +55,7 @@ def main() -> None:
         av.logging.set_level(av.logging.PANIC)
     except Exception:
         pass
+    shared_prefix = os.environ.get(SHARED_MEMORY_ENV) or None  # large arrays go back through shared memory
     stdin_fd = sys.stdin.fileno()
     out = os.fdopen(sys.stdout.fileno(), "wb", buffering=0)
     while True:
@@ -66,7 +67,7 @@ def main() -> None:
             result = ("ok", MEDIA_FUNCTIONS[function](*args, **kwargs))
         except Exception as err:  # every failure goes back to the worker as a record
             result = ("error", (type(err).__name__, str(err)))
-        write_message(out, result)
+        write_message(out, result, shared_prefix)
 
 
 if __name__ == "__main__":

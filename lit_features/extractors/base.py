@@ -9,10 +9,11 @@ so a broken manifest or a mismatched store stops the run before any weights are 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any, ClassVar
 
 import lightning.pytorch as pl
@@ -136,6 +137,18 @@ class FeatureExtractor(pl.LightningModule):
     # -- contract with the data side and the store
     def preprocessor(self) -> Preprocessor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def record_preprocessing(self, preprocessor: Preprocessor, derived: Collection[str] = ()) -> None:
+        """Put the preprocessing options into the hyperparameters, defaults included.
+
+        An extractor takes its preprocessor's fields as ``**preprocess`` (defined once, in the dataclass;
+        jsonargparse follows the keyword arguments into it, so the flat ``--model.<field>`` flags stay); only the
+        ones passed reach ``hparams`` by themselves. Recording every init field but ``derived`` (what the
+        extractor computes from its weights) keeps logs, checkpoints and the fingerprint's ``params`` the same
+        whether a value was given or defaulted.
+        """
+        fields = [f.name for f in dataclasses.fields(preprocessor) if f.init and f.name not in derived]
+        self.save_hyperparameters({**self.hparams, **{name: getattr(preprocessor, name) for name in fields}})
 
     def fingerprint(self) -> dict[str, Any]:
         """Everything that changes the numbers (not output paths, batch size, workers or devices)."""

@@ -28,7 +28,6 @@ from typing import Any, Literal
 import torch
 
 from lit_features.data.dataset import Batch
-from lit_features.data.sampling import FrameRounding
 from lit_features.extractors.base import FeatureExtractor
 from lit_features.extractors.vision_tower import (
     NativeResolutionPreprocessor,
@@ -53,17 +52,15 @@ class OneVisionFeatures(FeatureExtractor):
     Args:
         model_path: checkpoint directory (``config.json`` + safetensors, saved with ``save_pretrained``).
         layer: index into ``hidden_states`` (``-2``: output of the penultimate layer, before the post-norm).
-        num_frames: frames uniformly sampled from each video (at most the model's ``temporal_slots``).
-        snap: how sides are made multiples of the patch size: ``crop`` (floor + center-crop, the model's rule)
-            or ``resize`` (bicubic to the nearest multiple).
-        short_clip: policy for videos with fewer frames than ``num_frames``.
-        max_pixels: downscale larger inputs to at most this many pixels first (``None``: never).
+        snap: how sides are made multiples of the patch size: ``crop`` (floor + center-crop, the model's rule,
+            this extractor's default) or ``resize`` (bicubic to the nearest multiple).
         normalization: ``clip`` (default) or another preset, or ``checkpoint`` (the folder's
             ``preprocessor_config.json``).
-        frame_rounding: ``round`` the uniform frame positions ``linspace(0, n-1, N)`` (the seed README's
-            rule, default) or ``floor`` them (the public extraction code's rule); recorded per video and, for
-            ``floor``, in the store fingerprint.
         dtype: model dtype; features are stored in it.
+        preprocess: the other frame and size options, flat (``num_frames``, at most the model's
+            ``temporal_slots``; ``short_clip``, ``max_pixels``, ``frame_rounding``: ``round``, the seed README's
+            rule, or ``floor``, the public extraction code's): the fields of
+            :class:`~lit_features.extractors.vision_tower.NativeResolutionPreprocessor`, defined there once.
     """
 
     extractor_name = "onevision"
@@ -73,50 +70,35 @@ class OneVisionFeatures(FeatureExtractor):
         self,
         model_path: str = "pretrained_model/OneVision-Encoder-Base",
         layer: int = -2,
-        num_frames: int = 8,
-        snap: Literal["resize", "crop"] = "crop",
-        short_clip: Literal["fail", "pad_last", "stretch"] = "fail",
-        max_pixels: int | None = None,
+        snap: Literal["resize", "crop"] = "crop",  # the one option whose default differs from the preprocessor's
         normalization: str = "clip",
-        frame_rounding: FrameRounding = "round",
         dtype: str = "bfloat16",
         trust_remote_code: bool = False,
+        **preprocess: Any,
     ):
         super().__init__(model_path, dtype, trust_remote_code)
         self.layer = layer
-        self.num_frames = num_frames
-        self.snap = snap
-        self.short_clip = short_clip
-        self.max_pixels = max_pixels
         self.normalization = normalization
-        self.frame_rounding = frame_rounding
-        self.mean, self.std = choose_normalisation(model_path, normalization)
+        mean, std = choose_normalisation(model_path, normalization)  # a bad name fails now, not in a worker
         config = self.model_config()
         self.patch_size = int(config.get("patch_size", 14))
         self.temporal_slots = int(config.get("temporal_slots", DEFAULT_TEMPORAL_SLOTS))
+        # Built now, so a bad value (e.g. frame_rounding) fails here, not in a DataLoader worker.
+        self._preprocessor = NativeResolutionPreprocessor(
+            patch_size=self.patch_size, snap=snap, mean=tuple(mean), std=tuple(std), **preprocess
+        )
+        self.record_preprocessing(self._preprocessor, derived=("patch_size", "mean", "std"))
+        num_frames = self._preprocessor.num_frames
         if not 1 <= num_frames <= self.temporal_slots:
             raise ValueError(
                 f"num_frames must be between 1 and the model's {self.temporal_slots} temporal slots, got {num_frames}"
             )
-        self._preprocessor: NativeResolutionPreprocessor | None = None
-        self.preprocessor()  # a bad frame_rounding fails now, not in a worker
 
     def model_config(self) -> dict[str, Any]:
         file = Path(self.model_path) / "config.json"
         return json.loads(file.read_text()) if file.exists() else {}
 
     def preprocessor(self) -> NativeResolutionPreprocessor:
-        if self._preprocessor is None:
-            self._preprocessor = NativeResolutionPreprocessor(
-                patch_size=self.patch_size,
-                num_frames=self.num_frames,
-                snap=self.snap,
-                mean=tuple(self.mean),
-                std=tuple(self.std),
-                short_clip=self.short_clip,
-                max_pixels=self.max_pixels,
-                frame_rounding=self.frame_rounding,
-            )
         return self._preprocessor
 
     def fingerprint(self) -> dict[str, Any]:

@@ -89,26 +89,15 @@ class QwenHiddenStates(FeatureExtractor):
             ``preprocessor_config.json``, or a hub id.
         layers: index into ``hidden_states`` (``-1``: last decoder layer after the final norm; ``0``: the input
             embeddings; ``i``: output of decoder layer ``i``), or a list of them (stored stacked ``[K, L, D]``).
-        max_images: most reference images per entry; an entry with more is a manifest error (never truncated).
-        image_source: reference images from the entry's ``images`` list, from ``video_frames`` uniformly
-            sampled frames of its video (``path``, honouring ``cut``), or ``auto`` (``images`` when listed, else
-            the video's frames, else none).
-        video_frames: frames taken from the video when it supplies the references (1: the first frame).
-        prescale: ``bindweave`` downscales each reference image before the processor (x0.3 above 720*1280
-            pixels, else x0.75) as BindWeave does; ``none`` passes it as decoded.
-        min_pixels: image processor lower pixel bound (``None``: the weights' ``preprocessor_config.json``).
-        max_pixels: image processor upper pixel bound (``None``: the weights' ``preprocessor_config.json``).
-        negative_prompt: text of a second pass stored as ``hidden_states_negative`` (an entry's own
-            ``negative_prompt`` wins); ``None``: no second pass unless the entry has one.
-        negative_images: give the negative pass the same reference images (as BindWeave does).
-        system_prompt: a system turn before the user turn (``None``: the chat template's default).
-        exif_transpose: apply reference images' EXIF orientation (``false``: the stored pixels, as BindWeave's
-            ``Image.open(p).convert("RGB")`` sees them).
         output_layout: ``store``: ``hidden_states [L, D]``, ``attention_mask [L]``, ``input_ids [L]`` (and their
             ``_negative`` twins); ``bindweave``: only ``hidden_states`` and ``hidden_states_negative``, each
             ``[1, L, D]``, for BindWeave's ``{key}_hidden_states.pt`` files (codec ``pt_bare``).
         dtype: model and feature dtype (``bfloat16`` as upstream).
         trust_remote_code: allow model code from the weights folder.
+        preprocess: the prompt and image options, flat (``max_images``, ``image_source``, ``video_frames``,
+            ``prescale``, ``min_pixels``, ``max_pixels``, ``negative_prompt``, ``negative_images``,
+            ``system_prompt``, ``exif_transpose``): the fields of
+            :class:`~lit_features.extractors.qwen_inputs.QwenPromptPreprocessor`, defined there once.
     """
 
     extractor_name = "qwen_hidden"
@@ -118,38 +107,19 @@ class QwenHiddenStates(FeatureExtractor):
         self,
         model_path: str = "pretrained_model/Qwen2.5-VL-7B-Instruct",
         layers: int | list[int] = -1,
-        max_images: int = 4,
-        image_source: Literal["images", "video", "auto"] = "images",
-        video_frames: int = 1,
-        prescale: Literal["none", "bindweave"] = "bindweave",
-        min_pixels: int | None = None,
-        max_pixels: int | None = None,
-        negative_prompt: str | None = None,
-        negative_images: bool = True,
-        system_prompt: str | None = None,
-        exif_transpose: bool = True,
         output_layout: Literal["store", "bindweave"] = "store",
         dtype: str = "bfloat16",
         trust_remote_code: bool = False,
+        **preprocess: Any,
     ):
         super().__init__(model_path, dtype, trust_remote_code)
         self.layers = layers
         if output_layout == "bindweave" and not isinstance(layers, int):
             raise ValueError("output_layout='bindweave' stores one layer: give layers as a single index")
         self.output_layout = output_layout
-        self._preprocessor = QwenPromptPreprocessor(
-            model_path=model_path,
-            max_images=max_images,
-            image_source=image_source,
-            video_frames=video_frames,
-            prescale=prescale,
-            min_pixels=min_pixels,
-            max_pixels=max_pixels,
-            negative_prompt=negative_prompt,
-            negative_images=negative_images,
-            system_prompt=system_prompt,
-            exif_transpose=exif_transpose,
-        )
+        # Built now, so a bad value (e.g. video_frames above max_images) fails here, not in a worker.
+        self._preprocessor = QwenPromptPreprocessor(model_path=model_path, **preprocess)
+        self.record_preprocessing(self._preprocessor, derived=("model_path",))
 
     def preprocessor(self) -> QwenPromptPreprocessor:
         return self._preprocessor

@@ -79,7 +79,26 @@ class QwenPromptPreprocessor(Preprocessor):
     """Renders prompt + reference images into Qwen2.5-VL model inputs (token ids, image patches, grids).
 
     The tokenizer, chat template and image processor are read from ``model_path`` on first use in each
-    DataLoader worker (they hold no weights).
+    DataLoader worker (they hold no weights). :class:`~lit_features.extractors.qwen_hidden.QwenHiddenStates`
+    takes the other fields flat (``--model.max_images`` ...).
+
+    Args:
+        model_path: Qwen2.5-VL weights folder (tokenizer, chat template, ``preprocessor_config.json``).
+        max_images: most reference images per entry; an entry with more is a manifest error (never truncated).
+        image_source: reference images from the entry's ``images`` list, from ``video_frames`` uniformly
+            sampled frames of its video (``path``, honouring ``cut``), or ``auto`` (``images`` when listed, else
+            the video's frames, else none).
+        video_frames: frames taken from the video when it supplies the references (1: the first frame).
+        prescale: ``bindweave`` downscales each reference image before the processor (x0.3 above 720*1280
+            pixels, else x0.75) as BindWeave does; ``none`` passes it as decoded.
+        min_pixels: image processor lower pixel bound (``None``: the weights' ``preprocessor_config.json``).
+        max_pixels: image processor upper pixel bound (``None``: the weights' ``preprocessor_config.json``).
+        negative_prompt: text of a second pass stored as ``hidden_states_negative`` (an entry's own
+            ``negative_prompt`` wins); ``None``: no second pass unless the entry has one.
+        negative_images: give the negative pass the same reference images (as BindWeave does).
+        system_prompt: a system turn before the user turn (``None``: the chat template's default).
+        exif_transpose: apply reference images' EXIF orientation (``false``: the stored pixels, as BindWeave's
+            ``Image.open(p).convert("RGB")`` sees them).
     """
 
     model_path: str = ""

@@ -84,7 +84,23 @@ def omit_default_rounding(fingerprint: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class NativeResolutionPreprocessor(Preprocessor):
-    """Images at native resolution, or N uniform frames of a video, snapped to the patch grid and normalised."""
+    """Images at native resolution, or N uniform frames of a video, snapped to the patch grid and normalised.
+
+    The extractors that use it take its options flat (``--model.num_frames`` ...); ``patch_size``, ``mean`` and
+    ``std`` they derive from the weights and their ``normalization``.
+
+    Args:
+        patch_size: the model's patch size; sides become multiples of it.
+        num_frames: frames uniformly sampled from each video.
+        snap: how sides are made multiples of the patch size: ``resize`` (bicubic to the nearest multiple) or
+            ``crop`` (floor + center-crop).
+        mean: per-channel normalisation mean.
+        std: per-channel normalisation std.
+        short_clip: policy for videos with fewer frames than ``num_frames``.
+        max_pixels: downscale larger inputs to at most this many pixels first (``None``: never).
+        frame_rounding: ``round`` (default) or ``floor`` the uniform frame positions ``linspace(0, n-1, N)``
+            (recorded per video and, for ``floor``, in the store fingerprint).
+    """
 
     patch_size: int = 14
     num_frames: int = 8
@@ -148,14 +164,11 @@ class VisionTowerFeatures(FeatureExtractor):
     Args:
         model_path: weights folder (a full SigLIP/CLIP checkpoint or a vision-only one) or hub id.
         layer: index into ``hidden_states`` (``-2``: output of the penultimate layer).
-        num_frames: frames uniformly sampled from each video.
-        snap: how sides are made multiples of the patch size (``resize`` or ``crop``).
-        short_clip: policy for videos with fewer frames than ``num_frames``.
-        max_pixels: downscale larger inputs to at most this many pixels first (``None``: never).
         normalization: ``checkpoint`` (mean/std from the weights' ``preprocessor_config.json``, CLIP's when
             it has none) or a preset: ``clip``, ``imagenet``, ``half``.
-        frame_rounding: ``round`` (default) or ``floor`` the uniform frame positions (recorded per video).
         dtype: model dtype; features are stored in it.
+        preprocess: the frame and size options, flat (``num_frames``, ``snap``, ``short_clip``, ``max_pixels``,
+            ``frame_rounding``): the fields of :class:`NativeResolutionPreprocessor`, defined there once.
     """
 
     extractor_name = "vision_tower"
@@ -165,26 +178,23 @@ class VisionTowerFeatures(FeatureExtractor):
         self,
         model_path: str = "pretrained_model/siglip-so400m-patch14-384",
         layer: int = -2,
-        num_frames: int = 8,
-        snap: Literal["resize", "crop"] = "resize",
-        short_clip: Literal["fail", "pad_last", "stretch"] = "fail",
-        max_pixels: int | None = None,
         normalization: str = "checkpoint",
-        frame_rounding: FrameRounding = "round",
         dtype: str = "bfloat16",
         trust_remote_code: bool = False,
+        **preprocess: Any,
     ):
         super().__init__(model_path, dtype, trust_remote_code)
         self.layer = layer
-        self.num_frames = num_frames
-        self.snap = snap
-        self.short_clip = short_clip
-        self.max_pixels = max_pixels
         self.normalization = normalization
-        self.frame_rounding = frame_rounding
-        choose_normalisation(model_path, normalization)  # a bad name fails now, not in a worker
-        self._preprocessor: NativeResolutionPreprocessor | None = None
-        self.preprocessor()  # a bad frame_rounding fails now, not in a worker
+        mean, std = choose_normalisation(model_path, normalization)  # a bad name fails now, not in a worker
+        # Built now, so a bad value (e.g. frame_rounding) fails here, not in a DataLoader worker.
+        self._preprocessor = NativeResolutionPreprocessor(
+            patch_size=int(self.vision_config().get("patch_size", 14)),
+            mean=tuple(mean),
+            std=tuple(std),
+            **preprocess,
+        )
+        self.record_preprocessing(self._preprocessor, derived=("patch_size", "mean", "std"))
 
     def vision_config(self) -> dict[str, Any]:
         file = Path(self.model_path) / "config.json"
@@ -194,18 +204,6 @@ class VisionTowerFeatures(FeatureExtractor):
         return cfg.get("vision_config", cfg)
 
     def preprocessor(self) -> NativeResolutionPreprocessor:
-        if self._preprocessor is None:
-            mean, std = choose_normalisation(self.model_path, self.normalization)
-            self._preprocessor = NativeResolutionPreprocessor(
-                patch_size=int(self.vision_config().get("patch_size", 14)),
-                num_frames=self.num_frames,
-                snap=self.snap,
-                mean=tuple(mean),
-                std=tuple(std),
-                short_clip=self.short_clip,
-                max_pixels=self.max_pixels,
-                frame_rounding=self.frame_rounding,
-            )
         return self._preprocessor
 
     def fingerprint(self) -> dict[str, Any]:

@@ -32,10 +32,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -89,25 +87,7 @@ class WanTrainingFeatures(FeatureExtractor):
     Args:
         model_path: a ``Wan2.1-*-Diffusers`` folder (``vae/``, ``text_encoder/``, ``tokenizer/``, and
             ``image_encoder/`` + ``image_processor/`` for I2V) or its hub id.
-        num_frames: frames per clip, 4k+1 (49 -> 13 latent frames, 81 -> 21).
-        target_fps: frame rate the clip is resampled to (every ``fps / target_fps``-th frame, truncated; all frames
-            when within 0.1 fps), or ``null``: consecutive source frames (BindWeave). Clips start at the entry's
-            ``start_frame_idx``, else ``cut[0]``, else frame 0.
-        height: output height in pixels (a multiple of 8).
-        width: output width in pixels (a multiple of 8).
-        size_rule: ``bindweave`` (cover by the short side on uint8 frames, other side truncated, then crop) or
-            ``flashi2v`` (the same with the other side rounded up), see :mod:`lit_features.data.transforms`.
-        short_clip: a clip with fewer frames than asked: ``fail`` (recorded in the store's failures) or
-            ``pad_last`` (repeat the last frame; the count is recorded in the sample's metadata).
-        caption_cleaning: ``whitespace`` (BindWeave: collapse runs of whitespace) or ``flashi2v`` (FlashI2V's text
-            processor: lower case, URL/HTML removal, punctuation normalisation, twice; needs beautifulsoup4 and
-            ftfy). A caption left empty is recorded as a failed sample.
-        max_length: tokenizer length (padding and truncation).
         unpadded_text: store only the caption's real tokens (``[1, L, D]``) instead of all ``max_length``.
-        i2v: image-to-video conditioning: ``none``, ``first_frame`` (Wan I2V) or ``reference`` (BindWeave, the
-            entry's ``images``).
-        max_references: reference slots for ``i2v="reference"`` (more images in an entry is a manifest error).
-        exif_transpose: apply images' EXIF orientation (``false``: the stored pixels, as BindWeave opens them).
         sample_posterior: store a sample of the latent distribution (seeded per clip key) instead of its mode.
         seed: base seed for ``sample_posterior``.
         enable_tiling: encode the clip in overlapping spatial tiles to bound memory.
@@ -121,6 +101,10 @@ class WanTrainingFeatures(FeatureExtractor):
         image_encoder_dtype: CLIP compute dtype (``float32``, as Wan2.1 runs its CLIP).
         store_dtype: dtype of the stored features (``prompt_mask`` stays int64).
         dtype: compute dtype of the UMT5 text encoder (``bfloat16`` as upstream).
+        preprocess: the clip, caption and I2V options, flat (``num_frames``, ``target_fps``, ``height``,
+            ``width``, ``size_rule``, ``short_clip``, ``caption_cleaning``, ``max_length``, ``i2v``,
+            ``max_references``, ``exif_transpose``): the fields of
+            :class:`~lit_features.extractors.wan_inputs.WanVideoPreprocessor`, defined and checked there once.
     """
 
     extractor_name = "wan_train"
@@ -129,18 +113,7 @@ class WanTrainingFeatures(FeatureExtractor):
     def __init__(
         self,
         model_path: str = "pretrained_model/Wan2.1-I2V-14B-720P-Diffusers",
-        num_frames: int = 49,
-        target_fps: float | None = 16.0,
-        height: int = 480,
-        width: int = 832,
-        size_rule: Literal["bindweave", "flashi2v"] = "flashi2v",
-        short_clip: Literal["fail", "pad_last"] = "fail",
-        caption_cleaning: Literal["whitespace", "flashi2v"] = "whitespace",
-        max_length: int = 512,
         unpadded_text: bool = False,
-        i2v: Literal["none", "first_frame", "reference"] = "none",
-        max_references: int = 4,
-        exif_transpose: bool = True,
         sample_posterior: bool = False,
         seed: int = 0,
         enable_tiling: bool = False,
@@ -154,20 +127,11 @@ class WanTrainingFeatures(FeatureExtractor):
         store_dtype: str = "bfloat16",
         dtype: str = "bfloat16",
         trust_remote_code: bool = False,
+        **preprocess: Any,
     ):
-        # Refuse impossible shapes before anything is read (the VAE would silently give another latent length).
-        check_frame_count(num_frames)
-        for name, value in (("height", height), ("width", width)):
-            if value < 8 or value % 8:
-                raise ValueError(f"{name} must be a positive multiple of 8 (the VAE's spatial stride), got {value}")
-        if i2v not in ("none", "first_frame", "reference"):
-            raise ValueError(f"i2v must be 'none', 'first_frame' or 'reference', got {i2v!r}")
-        if target_fps is not None and target_fps <= 0:
-            raise ValueError(
-                f"target_fps must be a positive frame rate (or null: consecutive frames), got {target_fps!r}"
-            )
-        if max_references < 1:
-            raise ValueError(f"max_references must be >= 1, got {max_references}")
+        # Refuse impossible shapes and unknown rules before the weights are looked at: the preprocessor checks
+        # its fields at construction (and reads the CLIP input size and normalisation of I2V from the weights).
+        preprocessor = WanVideoPreprocessor(tokenizer_path=model_path, **preprocess)
         tiling = Tiling(
             tiling_method,
             tile_sample_min_height,
@@ -176,57 +140,19 @@ class WanTrainingFeatures(FeatureExtractor):
             tile_sample_stride_width,
         )
         super().__init__(model_path, dtype, trust_remote_code)
-        self.num_frames = num_frames
-        self.target_fps = target_fps
-        self.height, self.width = height, width
-        self.size_rule = size_rule
-        self.short_clip = short_clip
-        self.caption_cleaning = caption_cleaning
-        self.max_length = max_length
+        self._preprocessor = preprocessor
+        self.record_preprocessing(preprocessor, derived=("tokenizer_path",))
         self.unpadded_text = unpadded_text
-        self.i2v = i2v
-        self.max_references = max_references
-        self.exif_transpose = exif_transpose
         self.sample_posterior = sample_posterior
         self.seed = seed
         self.tiling = tiling if enable_tiling else None
         self.vae_dtype = resolve_dtype(vae_dtype)
         self.image_encoder_dtype = resolve_dtype(image_encoder_dtype)
         self.store_dtype = resolve_dtype(store_dtype)
-        self._preprocessor: WanVideoPreprocessor | None = None
         self._blank_latents: dict[tuple, torch.Tensor] = {}
 
     # -- contract with the data side
-    def clip_normalisation(self) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
-        """(size, mean, std) from ``image_processor/preprocessor_config.json`` when present, else CLIP's."""
-        file = Path(self.model_path) / "image_processor" / "preprocessor_config.json"
-        if self.i2v == "none" or not file.exists():
-            return 224, CLIP_MEAN, CLIP_STD
-        cfg = json.loads(file.read_text())
-        crop = cfg.get("crop_size", 224)
-        size = crop.get("height", 224) if isinstance(crop, dict) else int(crop)
-        return size, tuple(cfg.get("image_mean", CLIP_MEAN)), tuple(cfg.get("image_std", CLIP_STD))
-
     def preprocessor(self) -> WanVideoPreprocessor:
-        if self._preprocessor is None:
-            size, mean, std = self.clip_normalisation()
-            self._preprocessor = WanVideoPreprocessor(
-                num_frames=self.num_frames,
-                target_fps=self.target_fps,
-                height=self.height,
-                width=self.width,
-                size_rule=self.size_rule,
-                short_clip=self.short_clip,
-                caption_cleaning=self.caption_cleaning,
-                tokenizer_path=self.model_path,
-                max_length=self.max_length,
-                i2v=self.i2v,
-                max_references=self.max_references,
-                exif_transpose=self.exif_transpose,
-                clip_size=size,
-                clip_mean=mean,
-                clip_std=std,
-            )
         return self._preprocessor
 
     # -- weights
@@ -241,7 +167,7 @@ class WanTrainingFeatures(FeatureExtractor):
             parts["text_encoder"] = from_pretrained_strict(
                 UMT5EncoderModel, self.model_path, subfolder="text_encoder", dtype=self.compute_dtype
             )
-            if self.i2v != "none":
+            if self._preprocessor.i2v != "none":
                 parts["image_encoder"] = from_pretrained_strict(
                     CLIPVisionModel, self.model_path, subfolder="image_encoder", dtype=self.image_encoder_dtype
                 )
@@ -302,7 +228,7 @@ class WanTrainingFeatures(FeatureExtractor):
         _, frames, height, width = video.shape
         blank = self.blank_video_latent(frames, height, width)
         channels, t, h, w = blank.shape
-        slots = torch.zeros(MASK_CHANNELS + channels, self.max_references, h, w, device=blank.device)
+        slots = torch.zeros(MASK_CHANNELS + channels, self._preprocessor.max_references, h, w, device=blank.device)
         tokens = None
         n = refs.shape[0]
         if n:
@@ -317,10 +243,12 @@ class WanTrainingFeatures(FeatureExtractor):
             assert self.model is not None
             cfg = self.model["image_encoder"].config
             per_image = (cfg.image_size // cfg.patch_size) ** 2 + 1
-            clip = torch.zeros(self.max_references * per_image, cfg.hidden_size, device=blank.device)
+            clip = torch.zeros(self._preprocessor.max_references * per_image, cfg.hidden_size, device=blank.device)
         else:
             flat = tokens.reshape(-1, tokens.shape[-1])
-            clip = torch.cat([flat, flat.new_zeros((self.max_references - n) * tokens.shape[1], flat.shape[-1])])
+            clip = torch.cat(
+                [flat, flat.new_zeros((self._preprocessor.max_references - n) * tokens.shape[1], flat.shape[-1])]
+            )
         return {"i2v_clip_feature": clip, "i2v_vae_feature": torch.cat([slots, video_slots], dim=1)}
 
     # -- inference
@@ -348,9 +276,9 @@ class WanTrainingFeatures(FeatureExtractor):
                 "prompt_ids": text[i : i + 1, :tokens].to(self.store_dtype),
                 "prompt_mask": mask[i : i + 1, :tokens].to(torch.int64),
             }
-            if self.i2v == "first_frame":
+            if self._preprocessor.i2v == "first_frame":
                 extra = self.first_frame_condition(per_sample["video"][i], per_sample["clip_pixels"][i])
-            elif self.i2v == "reference":
+            elif self._preprocessor.i2v == "reference":
                 extra = self.reference_condition(
                     per_sample["video"][i],
                     per_sample["reference_pixels"][i],
@@ -380,7 +308,7 @@ class WanTrainingFeatures(FeatureExtractor):
         else:
             height, width = meta.get("source_size") or [None, None]
             resolution = {"height": height, "width": width}
-        resolution.update(sample_height=self.height, sample_width=self.width)
+        resolution.update(sample_height=self._preprocessor.height, sample_width=self._preprocessor.width)
         entry.update(
             {
                 "resolution": resolution,

@@ -17,8 +17,9 @@ Everything here runs in DataLoader workers and holds no weights:
 from __future__ import annotations
 
 import functools
+import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -142,9 +143,46 @@ class WanPrepared:
     canvases: torch.Tensor
 
 
+def clip_normalisation(model_path: str, i2v: str) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
+    """(size, mean, std) of the I2V CLIP input: ``image_processor/preprocessor_config.json``, else CLIP's."""
+    file = Path(model_path) / "image_processor" / "preprocessor_config.json"
+    if i2v == "none" or not model_path or not file.exists():
+        return 224, CLIP_MEAN, CLIP_STD
+    cfg = json.loads(file.read_text())
+    crop = cfg.get("crop_size", 224)
+    size = crop.get("height", 224) if isinstance(crop, dict) else int(crop)
+    return size, tuple(cfg.get("image_mean", CLIP_MEAN)), tuple(cfg.get("image_std", CLIP_STD))
+
+
 @dataclass
 class WanVideoPreprocessor(Preprocessor):
-    """Frames from the entry's start, sized and normalised to [-1, 1]; caption tokens; I2V inputs."""
+    """Frames from the entry's start, sized and normalised to [-1, 1]; caption tokens; I2V inputs.
+
+    :class:`~lit_features.extractors.wan.WanTrainingFeatures` takes these fields flat (``--model.num_frames``
+    ...), except ``tokenizer_path``, its weights folder. The ``clip_*`` fields are read from that folder.
+
+    Args:
+        num_frames: frames per clip, 4k+1 (49 -> 13 latent frames, 81 -> 21).
+        target_fps: frame rate the clip is resampled to (every ``fps / target_fps``-th frame, truncated; all frames
+            when within 0.1 fps), or ``null``: consecutive source frames (BindWeave). Clips start at the entry's
+            ``start_frame_idx``, else ``cut[0]``, else frame 0.
+        height: output height in pixels (a multiple of 8).
+        width: output width in pixels (a multiple of 8).
+        size_rule: ``bindweave`` (cover by the short side on uint8 frames, other side truncated, then crop) or
+            ``flashi2v`` (the same with the other side rounded up), see :mod:`lit_features.data.transforms`.
+        short_clip: a clip with fewer frames than asked: ``fail`` (recorded in the store's failures) or
+            ``pad_last`` (repeat the last frame; the count is recorded in the sample's metadata).
+        caption_cleaning: ``whitespace`` (BindWeave: collapse runs of whitespace) or ``flashi2v`` (FlashI2V's text
+            processor: lower case, URL/HTML removal, punctuation normalisation, twice; needs beautifulsoup4 and
+            ftfy). A caption left empty is recorded as a failed sample.
+        tokenizer_path: the Wan weights folder: its ``tokenizer/`` tokenises the captions, and with I2V its
+            ``image_processor/`` gives the CLIP input (``clip_size``, ``clip_mean``, ``clip_std``; CLIP's without).
+        max_length: tokenizer length (padding and truncation).
+        i2v: image-to-video conditioning: ``none``, ``first_frame`` (Wan I2V) or ``reference`` (BindWeave, the
+            entry's ``images``).
+        max_references: reference slots for ``i2v="reference"`` (more images in an entry is a manifest error).
+        exif_transpose: apply images' EXIF orientation (``false``: the stored pixels, as BindWeave opens them).
+    """
 
     num_frames: int = 49
     target_fps: float | None = 16.0
@@ -154,19 +192,32 @@ class WanVideoPreprocessor(Preprocessor):
     short_clip: Literal["fail", "pad_last"] = "fail"
     caption_cleaning: Literal["whitespace", "flashi2v"] = "whitespace"
     tokenizer_path: str = ""
-    tokenizer_subfolder: str = "tokenizer"
+    tokenizer_subfolder: str = field(default="tokenizer", init=False)  # the Diffusers folder layout, not an option
     max_length: int = 512
     i2v: Literal["none", "first_frame", "reference"] = "none"
     max_references: int = 4
     exif_transpose: bool = True
-    clip_size: int = 224
-    clip_mean: tuple[float, ...] = CLIP_MEAN
-    clip_std: tuple[float, ...] = CLIP_STD
+    # Read from ``tokenizer_path`` at construction (what the weights say, not options).
+    clip_size: int = field(default=224, init=False)
+    clip_mean: tuple[float, ...] = field(default=CLIP_MEAN, init=False)
+    clip_std: tuple[float, ...] = field(default=CLIP_STD, init=False)
 
     required_fields = ("path", "cap")
 
     def __post_init__(self) -> None:
+        # Impossible shapes are refused at construction (the VAE would silently give another latent length).
         check_frame_count(self.num_frames)
+        for name, value in (("height", self.height), ("width", self.width)):
+            if value < 8 or value % 8:
+                raise ValueError(f"{name} must be a positive multiple of 8 (the VAE's spatial stride), got {value}")
+        if self.i2v not in ("none", "first_frame", "reference"):
+            raise ValueError(f"i2v must be 'none', 'first_frame' or 'reference', got {self.i2v!r}")
+        if self.target_fps is not None and self.target_fps <= 0:
+            raise ValueError(
+                f"target_fps must be a positive frame rate (or null: consecutive frames), got {self.target_fps!r}"
+            )
+        if self.max_references < 1:
+            raise ValueError(f"max_references must be >= 1, got {self.max_references}")
         if self.size_rule not in UPSTREAM_SIZE_RULES:
             raise ValueError(f"size_rule must be one of {sorted(UPSTREAM_SIZE_RULES)}, got {self.size_rule!r}")
         if self.caption_cleaning not in CAPTION_CLEANING:
@@ -175,6 +226,7 @@ class WanVideoPreprocessor(Preprocessor):
             )
         if self.caption_cleaning == "flashi2v":
             _caption_cleaner()  # a missing library stops the run now, not in every worker
+        self.clip_size, self.clip_mean, self.clip_std = clip_normalisation(self.tokenizer_path, self.i2v)
         self._tokenizer: Any = None
 
     def __getstate__(self) -> dict[str, Any]:

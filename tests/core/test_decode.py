@@ -85,3 +85,16 @@ def test_resize_while_decoding_agrees_between_backends(media: Path) -> None:
     reference = full.reshape(4, 180, 4, 320, 4, 3).mean(axis=(2, 4))  # 4x box filter of the full frames
     for frames in (a.frames, b.frames):
         assert np.abs(frames.astype(float) - reference).mean() < 6.0  # both are real downscales of the same frames
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known decord 0.6.0 bug: after a seek to keyframe 76 or 145 of cockatoo.mp4 (not a clean random access "
+    "point) get_batch returns corrupt frames (mean |diff| 40-80 of 255); PyAV seeking does too. Only decoding from "
+    "the previous clean keyframe (here frame 0) gives the right frames. Seed scripts using get_batch share it.",
+)
+def test_frames_after_a_seek_equal_a_sequential_decode(media: Path) -> None:
+    path = str(media / "cockatoo.mp4")
+    sparse = decode_video(path, FrameSampling("uniform", 8), [80, 230], "decord")
+    sequential = decode_video(path, FrameSampling("all"), [0, 230], "decord")
+    assert np.array_equal(sparse.frames, sequential.frames[sparse.indices])

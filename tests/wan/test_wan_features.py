@@ -225,3 +225,22 @@ def test_valid_frame_counts_and_sizes(wan_path):
     assert [latent_frames(n) for n in (1, 49, 81)] == [1, 13, 21]
     with pytest.raises(ValueError, match="multiple of 8"):
         WanTrainingFeatures(model_path=wan_path, height=100)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("height", 100, "multiple of 8"),
+        ("width", 0, "multiple of 8"),
+        ("i2v", "last_frame", "i2v must be"),
+        ("target_fps", 0.0, "positive frame rate"),
+        ("max_references", 0, "max_references must be >= 1"),
+    ],
+)
+def test_the_preprocessor_refuses_what_the_extractor_refuses(wan_path, field, value, match):
+    # The checks live with the options (defined once), so the preprocessor refuses them whoever builds it, and
+    # the extractor, which takes them flat, refuses them at construction.
+    with pytest.raises(ValueError, match=match):
+        WanVideoPreprocessor(**{field: value})
+    with pytest.raises(ValueError, match=match):
+        WanTrainingFeatures(model_path=wan_path, **{field: value})

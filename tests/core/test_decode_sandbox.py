@@ -1,0 +1,80 @@
+"""The decode sandbox hands frames over through shared memory: the same bytes, not through the pipe, no leftovers."""
+
+from __future__ import annotations
+
+import glob
+import io
+import mmap
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lit_features.data.decode_sandbox import (
+    SHARED_MEMORY_DIR,
+    SHARED_MEMORY_MIN_BYTES,
+    DecodeSandbox,
+    read_message,
+    write_message,
+)
+from lit_features.data.media import decode_video
+from lit_features.data.sampling import FrameSampling
+
+needs_shm = pytest.mark.skipif(not os.access(SHARED_MEMORY_DIR, os.W_OK), reason="no writable /dev/shm")
+
+
+def _memory_owner(array: np.ndarray) -> object:
+    base = array
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    return base.obj if isinstance(base, memoryview) else base
+
+
+@needs_shm
+def test_sandboxed_frames_equal_in_process_frames_and_come_through_shared_memory(media: Path) -> None:
+    sandbox = DecodeSandbox()
+    try:
+        sampling = FrameSampling("uniform", 8)
+        for name in ("cockatoo.mp4", "realshort.mp4"):
+            here = decode_video(str(media / name), sampling, None, "auto")
+            there = sandbox.call("video", str(media / name), sampling, None, "auto")
+            assert there.indices == here.indices and np.array_equal(there.frames, here.frames)
+            assert there.frames.flags.writeable  # the transforms may work in place
+            if here.frames.nbytes >= SHARED_MEMORY_MIN_BYTES:
+                assert isinstance(_memory_owner(there.frames), mmap.mmap)  # mapped, not read from the pipe
+        assert glob.glob(os.path.join(SHARED_MEMORY_DIR, f"lit_features-decode-{os.getpid()}-*")) == []
+    finally:
+        sandbox.kill()
+
+
+@needs_shm
+def test_message_round_trip_through_shared_memory_unlinks_its_files(tmp_path: Path) -> None:
+    prefix = os.path.join(SHARED_MEMORY_DIR, f"lit_features-test-{os.getpid()}-")
+    big, small = np.arange(SHARED_MEMORY_MIN_BYTES // 4, dtype=np.int32), np.arange(10, dtype=np.int64)
+    stream = io.BytesIO()
+    write_message(stream, {"big": big, "small": small, "text": "ok"}, prefix)
+    assert len(glob.glob(prefix + "*")) == 1  # only the large buffer went to a file
+    assert len(stream.getvalue()) < 4096  # and not through the pipe
+    pipe = tmp_path / "pipe"
+    pipe.write_bytes(stream.getvalue())
+    fd = os.open(pipe, os.O_RDONLY)
+    try:
+        out = read_message(fd)
+    finally:
+        os.close(fd)
+    assert np.array_equal(out["big"], big) and np.array_equal(out["small"], small) and out["text"] == "ok"
+    assert glob.glob(prefix + "*") == []
+
+
+@needs_shm
+def test_killed_decoder_leaves_no_shared_memory_files() -> None:
+    sandbox = DecodeSandbox()
+    prefix = os.path.join(SHARED_MEMORY_DIR, f"lit_features-decode-{os.getpid()}-")
+    stray = Path(f"{prefix}12345-0")  # what a child killed between writing and replying leaves
+    stray.write_bytes(b"x" * 16)
+    try:
+        sandbox._ensure_child()
+    finally:
+        sandbox.kill()
+    assert not stray.exists()

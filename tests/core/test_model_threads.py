@@ -1,0 +1,55 @@
+"""On a CPU accelerator the model takes the cores the DataLoader workers leave, not one thread per core."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
+
+from lit_features.data.datamodule import ManifestDataModule, model_threads_for
+
+
+def test_model_threads_are_the_cores_left_by_the_workers() -> None:
+    assert model_threads_for(cores=2, ranks_on_node=1, workers=2) == 1  # never zero
+    assert model_threads_for(cores=16, ranks_on_node=1, workers=4) == 12
+    assert model_threads_for(cores=16, ranks_on_node=2, workers=2) == 6  # each rank has half the node
+
+
+@pytest.fixture
+def restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def _data(tmp_path: Path, accelerator, **kwargs) -> ManifestDataModule:
+    data = ManifestDataModule(manifest=str(tmp_path / "m.json"), num_workers=2, **kwargs)
+    data.trainer = SimpleNamespace(accelerator=accelerator, num_devices=1)
+    return data
+
+
+def test_cpu_run_gives_the_model_the_cores_the_workers_leave(tmp_path, monkeypatch, restore_threads) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(6)), raising=False)
+    torch.set_num_threads(6)
+    data = _data(tmp_path, CPUAccelerator())
+    data.share_cores_with_workers()
+    assert torch.get_num_threads() == 4
+    data.teardown("predict")  # the process may go on computing without the workers
+    assert torch.get_num_threads() == 6
+
+
+def test_explicit_choices_are_kept(tmp_path, monkeypatch, restore_threads) -> None:
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(6)), raising=False)
+    torch.set_num_threads(3)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user chose
+    _data(tmp_path, CPUAccelerator()).share_cores_with_workers()
+    assert torch.get_num_threads() == 3
+    _data(tmp_path, CPUAccelerator(), model_threads=2).share_cores_with_workers()  # the option wins
+    assert torch.get_num_threads() == 2
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    _data(tmp_path, CUDAAccelerator()).share_cores_with_workers()  # a GPU computes: host threads untouched
+    assert torch.get_num_threads() == 2
