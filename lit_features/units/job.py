@@ -51,7 +51,9 @@ def old_layout_rows(root: Path) -> bool:
     return (root / layout.MERGED_INDEX).exists() and (root / layout.MERGED_INDEX).stat().st_size > 0
 
 
-def check_unit_options(template: str, overwrite: bool, exports: Sequence[str | None]) -> None:
+def check_unit_options(
+    template: str, overwrite: bool, exports: Sequence[str | None], skip_existing: bool = False
+) -> None:
     """Refuse writer options that need the whole store at once.
 
     Raises:
@@ -67,6 +69,11 @@ def check_unit_options(template: str, overwrite: bool, exports: Sequence[str | N
         raise UnitLayoutError(
             "--writer.overwrite true cannot be combined with work units: other jobs may be writing the store. "
             "Delete the store folder (when no job runs) or write to another --writer.output_dir."
+        )
+    if skip_existing:
+        raise UnitLayoutError(
+            "--writer.skip_existing (adopting files made outside the store) is not available with work units yet; "
+            "run it once without --data.unit_size, then migrate the store (`python -m lit_features migrate-units`)."
         )
     if any(exports):
         raise UnitLayoutError(

@@ -69,9 +69,8 @@ class UnitWriting:
         job = None
         if self.rank == 0:
             try:
-                check_unit_options(
-                    writer.path_template, writer.overwrite, [writer.export_manifest, writer.export_jsonl]
-                )
+                exports = [writer.export_manifest, writer.export_jsonl]
+                check_unit_options(writer.path_template, writer.overwrite, exports, writer.skip_existing)
                 for store in self.stores.values():
                     store.check(False, writer.accept_weights)
                 refuse_old_layout(self.stores, units_given=True)

@@ -10,7 +10,7 @@ import pytest
 
 from lit_features.store import FeatureStore, layout
 from lit_features.store.state import StoreState
-from lit_features.units.job import UnitLayoutError, refuse_old_layout
+from lit_features.units.job import UnitLayoutError, check_unit_options, refuse_old_layout
 from tests.conftest import run_cli
 from tests.units.test_units_jobs import predict_args, write_manifest
 
@@ -50,3 +50,18 @@ def test_a_store_in_units_is_refused_to_a_job_without_units(tmp_path: Path) -> N
     (tmp_path / "index" / "rank-0.jsonl").write_text('{"key": "a"}\n')
     with pytest.raises(UnitLayoutError, match="migrate-units"):
         refuse_old_layout({"": StoreState(tmp_path, {}, {})}, units_given=True)
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        (dict(template="{stem}{ext}"), "path_template"),
+        (dict(overwrite=True), "overwrite"),
+        (dict(exports=["data.jsonl"]), "compact"),
+        (dict(skip_existing=True), "skip_existing"),
+    ],
+)
+def test_options_that_need_the_whole_store_are_refused_with_units(options: dict, match: str) -> None:
+    args = {"template": "{shard}/{key}{ext}", "overwrite": False, "exports": [None], **options}
+    with pytest.raises(UnitLayoutError, match=match):
+        check_unit_options(**args)
