@@ -1,7 +1,8 @@
 """``python -m lit_features`` / ``lit-features``: Lightning subcommands plus plain ``verify``/``filter``/``inspect``.
 
 ``fit``, ``validate``, ``test`` and ``predict`` go through LightningCLI (YAML configs, ``--print_config``).
-``verify``, ``export``, ``export-npz``, ``export-motion``, ``filter``, ``inspect`` and ``list`` are plain typed
+``verify``, ``export``, ``export-npz``, ``export-motion``, ``filter``, ``inspect``, ``compact``, ``migrate-units``
+and ``list`` are plain typed
 functions that never load a model.
 
 Errors a user caused (:class:`~lit_features.errors.UserError`, wherever raised, also when a library wrapped
@@ -29,6 +30,8 @@ PLAIN_COMMANDS = {
     "export-motion": "lit_features.training.motion_export:export_motion_checkpoint",
     "filter": "lit_features.commands.filter:filter_clips",
     "inspect": "lit_features.commands.inspect:inspect_store",
+    "compact": "lit_features.units.commands:compact_store",
+    "migrate-units": "lit_features.units.commands:migrate_units",
     "list": "lit_features.commands.listing:list_extractors",
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
@@ -38,6 +41,8 @@ USAGE = (
     "  fit             train a model on stored features (--config configs/motion_ae.yaml)\n"
     "  validate, test  evaluate a trained model\n"
     "  inspect         summarise a feature store\n"
+    "  compact         write one index.jsonl for a store written in work units (optional)\n"
+    "  migrate-units   move a store of the layout without work units into units\n"
     "  verify          compare two feature sets\n"
     "  export          write a store as LitData / WebDataset / Parquet shards (local or s3://...)\n"
     "  export-npz      write a store as upstream .npz files\n"

@@ -7,6 +7,8 @@ here what it offers and what it reads, instead of probing the other with ``hasat
   :class:`SampleProvider`; the writer reads them to refuse a store that another input made;
 * the writer knows what the store already holds and offers it as :class:`ResumePlanner`; the DataModule asks
   it which keys to leave out *before* the sampler splits the rest over ranks;
+* with work units, the DataModule offers the store's unit list as :class:`UnitProvider`, and the writer
+  claims units for it as :class:`UnitStore` (:mod:`lit_features.units.sampling`);
 * the module whose outputs are stored (every extractor) says what identifies its features as
   :class:`StoreSubject`, and hands the data side its preprocessing as :class:`PreprocessorProvider`;
 * an extractor whose upstream writes a per-model report (the VFM jobs) describes its models as
@@ -71,6 +73,41 @@ class PreprocessorProvider(Protocol):
     """A module that declares its input contract (the DataModule applies it in its workers)."""
 
     def preprocessor(self) -> Any: ...
+
+
+@runtime_checkable
+class UnitProvider(Protocol):
+    """A DataModule that works in work units: after its ``setup``, ``units`` is the store's unit list (``None``
+    without units), and it says how long leases last and whether a job waits for other jobs' units."""
+
+    units: Any
+    lease_expiry_s: float
+    wait_for_units: bool
+
+
+@runtime_checkable
+class UnitStore(Protocol):
+    """A callback that keeps a store in work units (the feature writer): where the unit list lives, and, on
+    rank 0 once it opened the store, the next claimed unit with work left."""
+
+    def units_root(self) -> Any:
+        """The output directory (the unit list is ``<it>/units/list.json``)."""
+        ...
+
+    def claim_unit(self) -> Any:
+        """``((uid, generation), samples, positions to do)``, ``"wait"`` or ``None`` (see ``units.job``)."""
+        ...
+
+
+def run_units(trainer: Any) -> Any:
+    """The unit list of the trainer's DataModule, when it works in units (else ``None``)."""
+    data = trainer.datamodule
+    return data.units if isinstance(data, UnitProvider) else None
+
+
+def unit_stores(trainer: Any) -> list[UnitStore]:
+    """The trainer's callbacks that keep a store in units (normally the one feature writer)."""
+    return [c for c in trainer.callbacks if isinstance(c, UnitStore)]
 
 
 def run_samples(trainer: Any) -> Sequence[Any] | None:

@@ -19,6 +19,8 @@ from lit_features.data.media_cache import MediaCache
 from lit_features.data.preprocess import EntryError, Preprocessor
 from lit_features.data.sample import Sample
 from lit_features.interfaces import PreprocessorProvider, resume_planners
+from lit_features.units.sampling import UnitSampleDataset, UnitSampler, UnitWorkSource, open_units
+from lit_features.units.unit_list import UnitList
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +124,14 @@ class ManifestDataModule(pl.LightningDataModule):
         media_cache_dir: where DataLoader workers keep local copies of remote media (``s3://``, ``gs://``,
             ``hf://``, ``https://`` sources; default: a temporary folder removed at the end of the run).
         media_cache_gb: soft bound of each worker's media cache, in GiB (least recently used copies go first).
+        unit_size: work in units of this many manifest entries (see ``docs/scale_out.md``): the manifest is cut
+            once into the store's unit list, and any number of jobs (SLURM array tasks, torchrun groups) claim
+            units through the store, each split over its ranks as above. A rank holds only the units it works on.
+            ``None`` (default): one global split, the whole manifest on every rank. A store keeps the unit size
+            it was cut with.
+        lease_expiry_s: with units, after how long without a heartbeat a job's unit is taken over by another.
+        wait_for_units: with units, a job with nothing left to claim waits for the units other live jobs hold
+            (taking them over if their job dies) instead of ending.
         model_threads: torch threads of the model on a CPU accelerator (``None``: the cores this rank's
             DataLoader workers leave, at least one, unless ``OMP_NUM_THREADS`` is set; not used on GPUs).
     """
@@ -143,6 +153,9 @@ class ManifestDataModule(pl.LightningDataModule):
         limit: int | None = None,
         media_cache_dir: str | None = None,
         media_cache_gb: float = 8.0,
+        unit_size: int | None = None,
+        lease_expiry_s: float = 300.0,
+        wait_for_units: bool = True,
         model_threads: int | None = None,
     ):
         super().__init__()
@@ -163,6 +176,10 @@ class ManifestDataModule(pl.LightningDataModule):
         self.limit = limit
         self.media_cache_dir = media_cache_dir
         self.media_cache_gb = media_cache_gb
+        self.unit_size = unit_size
+        self.lease_expiry_s = lease_expiry_s
+        self.wait_for_units = wait_for_units
+        self.units: UnitList | None = None  # the store's unit list, when working in units
         self.model_threads = model_threads
         self._threads_before: int | None = None
         self.samples: list[Sample] | None = None
@@ -207,6 +224,10 @@ class ManifestDataModule(pl.LightningDataModule):
         return module.preprocessor()
 
     def setup(self, stage: str) -> None:
+        if self.unit_size is not None:
+            if self.units is None:
+                self.units = open_units(self, self._preprocessor())
+            return
         if self.samples is None:
             self.samples = self.read_samples()
             self.validate_samples(self.samples, self._preprocessor())
@@ -249,13 +270,45 @@ class ManifestDataModule(pl.LightningDataModule):
         costs = [self.costs[s.key] if s.key in self.costs else estimate_cost(s) for s in dataset.samples]
         return assign_to_ranks(costs, world_size, "greedy")[rank]
 
+    def unit_loader(self, preprocessor: Preprocessor) -> DataLoader:
+        """A loader over the units this job claims as it goes (see :mod:`lit_features.units.sampling`)."""
+        assert self.units is not None
+        planners = resume_planners(self.trainer) if self.trainer is not None else []
+        attempt_log = planners[0].attempt_log_path() if planners else None
+        sandbox = DecodeSandbox(self.decode_timeout_s, enabled=self.sandbox)
+        cache = MediaCache(self.media_cache_dir, int(self.media_cache_gb * 2**30))
+        dataset = UnitSampleDataset(self.units, preprocessor, sandbox, self.video_backend, attempt_log, cache)
+        trainer = self.trainer
+        rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        sampler = UnitSampler(dataset, UnitWorkSource(self, rank, world_size), world_size, rank, self.batch_size)
+        self.share_cores_with_workers()
+        return self.make_loader(dataset, preprocessor, sampler)
+
+    def split_unit(self, samples: list[Sample], todo: list[int], world_size: int) -> list[list[int]]:
+        """Positions of a unit's remaining samples per rank, in the configured order (as without units)."""
+        left = [samples[i] for i in todo]
+        self.costs = {}
+        if self.order in ("cost", "balanced"):
+            self.costs = {s.key: estimate_cost(s) for s in left}
+            ranked = sorted(range(len(left)), key=lambda j: (-self.costs[left[j].key], left[j].key))
+        else:
+            ranked = list(range(len(left)))
+        if self.order == "balanced":
+            shares = assign_to_ranks([self.costs[left[j].key] for j in ranked], world_size, "greedy")
+        else:
+            shares = assign_to_ranks([0.0] * len(ranked), world_size, "strided")
+        return [[todo[ranked[j]] for j in share] for share in shares]
+
     def make_loader(
-        self, dataset: SampleDataset, preprocessor: Preprocessor, sampler: RankShardSampler | None = None
+        self, dataset: SampleDataset, preprocessor: Preprocessor, sampler: DistributedSampler | None = None
     ) -> DataLoader:
         pin = self.pin_memory
         if pin is None:
             pin = self.trainer is not None and type(self.trainer.accelerator).__name__ == "CUDAAccelerator"
-        workers = self.num_workers if len(sampler if sampler is not None else dataset) > 0 else 0
+        if isinstance(sampler, UnitSampler):
+            workers = self.num_workers  # its length is not known in advance
+        else:
+            workers = self.num_workers if len(sampler if sampler is not None else dataset) > 0 else 0
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -270,6 +323,8 @@ class ManifestDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         preprocessor = self._preprocessor()
+        if self.units is not None:
+            return self.unit_loader(preprocessor)
         skip, attempt_log = self._writer_state()
         self.dataset = self.build_dataset(preprocessor, skip, attempt_log)
         if self.trainer is None or self.trainer.global_rank == 0:

@@ -38,6 +38,9 @@ class Batch:
     failures: list[Failure]
     decode_seconds: float = 0.0  # worker time spent decoding this batch's samples
     transform_seconds: float = 0.0  # worker time spent in the preprocessor outside decoding
+    identities: dict[str, Any] = field(default_factory=dict)  # key -> Sample.identity() of the good samples
+    units: dict[str, Any] = field(default_factory=dict)  # key -> the work unit claim it belongs to (units only)
+    unit_ends: list[Any] = field(default_factory=list)  # claims whose share on this rank ends with this batch
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -113,13 +116,21 @@ class SampleDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+    def sample_at(self, index: Any) -> Sample | None:
+        """The sample at a sampler index (``None``: the index marks something else, see subclasses)."""
+        return self.samples[index]
+
+    def __getitems__(self, indices: list[Any]) -> list[dict[str, Any]]:
         """A batch (the DataLoader asks for whole batches): remote media of all its samples are fetched at once."""
-        self.media.prefetch([p for i in indices for p in media_paths(self.samples[i])])
+        samples = [self.sample_at(i) for i in indices]
+        self.media.prefetch([p for s in samples if s is not None for p in media_paths(s)])
         return [self.__getitem__(i) for i in indices]
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        sample = self.samples[index]
+    def __getitem__(self, index: Any) -> dict[str, Any]:
+        return self.prepare(self.sample_at(index))
+
+    def prepare(self, sample: Sample) -> dict[str, Any]:
+        """Decode and transform one sample into a worker item (a failure item when anything goes wrong)."""
         self.attempts.mark(sample, "start")
         started, decode_before = time.perf_counter(), self.media.seconds
         self.media.last_frame = None
@@ -154,8 +165,13 @@ class BatchCollator:
         self.preprocessor = preprocessor
 
     def __call__(self, items: list[dict[str, Any]]) -> Batch:
+        ends = [i["unit_end"] for i in items if i.get("unit_end") is not None]
+        items = [i for i in items if "unit_end" not in i]
         good = [i for i in items if i["ok"]]
         failures = [i["failure"] for i in items if not i["ok"]]
+        units = {
+            (i["sample"].key if i["ok"] else i["failure"].key): i["unit"] for i in items if i.get("unit") is not None
+        }
         inputs = self.preprocessor.collate([i["inputs"] for i in good]) if good else None
         metas = [{"entry": i["sample"].entry, **i["meta"]} for i in good]
         return Batch(
@@ -166,4 +182,7 @@ class BatchCollator:
             failures=failures,
             decode_seconds=sum(i["decode_s"] for i in items),
             transform_seconds=sum(i["transform_s"] for i in items),
+            identities={i["sample"].key: i["sample"].identity() for i in good},
+            units=units,
+            unit_ends=ends,
         )

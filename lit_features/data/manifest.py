@@ -14,7 +14,7 @@ import csv
 import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,14 +84,14 @@ def _rel_name(root: Location, rel: str) -> str:
 
 
 @dataclass
-class _RawEntry:
+class RawEntry:
     entry: dict[str, Any]
     root: Location
     file: Location
     index: int
 
 
-def _entries_from_list(data: Any, file: Location, root: Location) -> list[_RawEntry]:
+def _entries_from_list(data: Any, file: Location, root: Location) -> list[RawEntry]:
     if isinstance(data, dict):
         for wrapper in ("data", "entries", "items", "videos"):
             if isinstance(data.get(wrapper), list):
@@ -103,14 +103,14 @@ def _entries_from_list(data: Any, file: Location, root: Location) -> list[_RawEn
     if not isinstance(data, list):
         raise ManifestError(file, f"expected a JSON list of entries, got {type(data).__name__}")
     entries = progress(data, desc=f"checking {file.name}", unit="entries")
-    return [_RawEntry(validate_entry(e, file, i), root, file, i) for i, e in enumerate(entries)]
+    return [RawEntry(validate_entry(e, file, i), root, file, i) for i, e in enumerate(entries)]
 
 
-def read_json_list(file: Location, root: Location | None = None) -> list[_RawEntry]:
+def read_json_list(file: Location, root: Location | None = None) -> list[RawEntry]:
     return _entries_from_list(_load_json(file), file, root or file.parent)
 
 
-def read_jsonl(file: Location, root: Location | None = None) -> list[_RawEntry]:
+def read_jsonl(file: Location, root: Location | None = None) -> list[RawEntry]:
     out = []
     with open_text(file) as fh:
         for lineno, line in enumerate(progress(fh, desc=f"reading {file.name}", unit="lines"), start=1):
@@ -122,11 +122,11 @@ def read_jsonl(file: Location, root: Location | None = None) -> list[_RawEntry]:
                 raise ManifestError(file, f"invalid JSON: {err.msg}", entry=lineno) from None
             except ValueError as err:
                 raise ManifestError(file, f"invalid JSON: {err}", entry=lineno) from None
-            out.append(_RawEntry(validate_entry(entry, file, lineno), root or file.parent, file, lineno))
+            out.append(RawEntry(validate_entry(entry, file, lineno), root or file.parent, file, lineno))
     return out
 
 
-def read_list_file(file: Location) -> list[_RawEntry]:
+def read_list_file(file: Location) -> list[RawEntry]:
     """``<dataset_root>,<meta_json>`` lines; relative roots/JSONs resolve against the list file's folder."""
     out = []
     with open_text(file) as fh:
@@ -139,7 +139,12 @@ def read_list_file(file: Location) -> list[_RawEntry]:
     return out
 
 
-def read_csv(file: Location, root: Location | None = None) -> list[_RawEntry]:
+def read_csv(file: Location, root: Location | None = None) -> list[RawEntry]:
+    return list(iter_csv(file, root))
+
+
+def iter_csv(file: Location, root: Location | None = None) -> Iterator[RawEntry]:
+    """The entries of a CSV manifest, one at a time (a CSV of any length is never held whole)."""
     with open_text(file, newline="") as fh:
         reader = csv.DictReader(fh)
         columns = reader.fieldnames or []
@@ -149,7 +154,6 @@ def read_csv(file: Location, root: Location | None = None) -> list[_RawEntry]:
                 file, f"no video column; expected one of {CSV_PATH_COLUMNS}, got {columns}", field="path"
             )
         cap_col = next((c for c in CSV_CAPTION_COLUMNS if c in columns), None)
-        out = []
         for i, row in enumerate(progress(reader, desc=f"reading {file.name}", unit="rows"), start=2):
             entry: dict[str, Any] = {k: v for k, v in row.items() if k not in (path_col, cap_col)}
             entry["path"] = row[path_col]
@@ -166,20 +170,19 @@ def read_csv(file: Location, root: Location | None = None) -> list[_RawEntry]:
                     entry["fps"] = float(entry["fps"])
                 except ValueError:
                     raise ManifestError(file, f"not a number: {entry['fps']!r}", i, "fps") from None
-            out.append(_RawEntry(validate_entry(entry, file, i), root or file.parent, file, i))
-    return out
+            yield RawEntry(validate_entry(entry, file, i), root or file.parent, file, i)
 
 
-def read_directory(folder: Location) -> list[_RawEntry]:
+def read_directory(folder: Location) -> list[RawEntry]:
     exts = VIDEO_EXTENSIONS | IMAGE_EXTENSIONS
     if not isinstance(folder, Path):
         names = [n for n in files_below(folder) if os.path.splitext(n)[1].lower() in exts]
-        return [_RawEntry({"path": n}, folder, folder, i) for i, n in enumerate(names)]
+        return [RawEntry({"path": n}, folder, folder, i) for i, n in enumerate(names)]
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in exts)
-    return [_RawEntry({"path": str(p.relative_to(folder))}, folder, folder, i) for i, p in enumerate(files)]
+    return [RawEntry({"path": str(p.relative_to(folder))}, folder, folder, i) for i, p in enumerate(files)]
 
 
-def read_iianet_split(split_root: Path, split: str, root: str | os.PathLike | None = None) -> list[_RawEntry]:
+def read_iianet_split(split_root: Path, split: str, root: str | os.PathLike | None = None) -> list[RawEntry]:
     """Mouth ``.npz`` entries of one IIANet split (``train``/``val``/``test``/``all``), deduplicated.
 
     Relative paths in the lists resolve as IIANet opens them: against the working directory, or against
@@ -200,11 +203,11 @@ def read_iianet_split(split_root: Path, split: str, root: str | os.PathLike | No
                 entry = {"path": row[1], "wav": row[0]}
                 if len(row) > 2:
                     entry["n_samples"] = row[2]
-                out.append(_RawEntry(entry, base, file, i))
+                out.append(RawEntry(entry, base, file, i))
     return out
 
 
-def read_manifest_entries(manifest: str | os.PathLike, root: str | os.PathLike | None = None) -> list[_RawEntry]:
+def read_manifest_entries(manifest: str | os.PathLike, root: str | os.PathLike | None = None) -> list[RawEntry]:
     """Dispatch on the manifest's form (by extension, or a directory)."""
     path = as_location(manifest)
     if must_exist(path) and not path.exists():
@@ -224,7 +227,7 @@ def read_manifest_entries(manifest: str | os.PathLike, root: str | os.PathLike |
     raise ManifestError(path, "unknown manifest form; use .json, .jsonl, .csv, a <root>,<json> .txt list, or a folder")
 
 
-def _resolved(r: _RawEntry, media_field: str) -> dict[str, Any]:
+def _resolved(r: RawEntry, media_field: str) -> dict[str, Any]:
     """The entry with its media and image paths made absolute (what the sample actually reads)."""
     entry = dict(r.entry)
     if media_field in entry:
@@ -235,7 +238,28 @@ def _resolved(r: _RawEntry, media_field: str) -> dict[str, Any]:
     return entry
 
 
-def _check_duplicate(first: _RawEntry, again: _RawEntry, key: str, media_field: str) -> None:
+def entry_identity(r: RawEntry, media_field: str = "path") -> tuple[str, str]:
+    """``(relative name, absolute identity)`` of an entry, what its key is made from (see ``assign_keys``)."""
+    rel = r.entry.get(media_field)
+    suffix = selector_suffix(r.entry.get("cut"))
+    explicit = r.entry.get("key", r.entry.get("id"))
+    if explicit is not None:  # an entry that names itself keeps that name
+        return str(explicit) + suffix, f"id:{explicit}{suffix}"
+    if rel is None:  # entries without media (text, reference images): identify by position
+        return f"{r.file.stem}_{r.index:06d}", f"{r.file}#{r.index}"
+    return _rel_name(r.root, rel) + suffix, _resolve(r.root, rel) + suffix
+
+
+def make_sample(r: RawEntry, key: str, media_field: str = "path") -> Sample:
+    """The :class:`Sample` of an entry under its key (source absolute, the entry's own path kept as written)."""
+    entry = _resolved(r, media_field)
+    source = entry.get(media_field)
+    if source is not None:
+        entry[media_field] = r.entry[media_field]
+    return Sample(key=key, source=source, entry=entry, manifest=str(r.file), index=r.index)
+
+
+def check_duplicate(first: RawEntry, again: RawEntry, key: str, media_field: str) -> None:
     """Entries giving one key must be the same sample; a differing caption or path would be silently dropped."""
     a, b = _resolved(first, media_field), _resolved(again, media_field)
     if a == b:
@@ -250,7 +274,7 @@ def _check_duplicate(first: _RawEntry, again: _RawEntry, key: str, media_field: 
     )
 
 
-def build_samples(raw: Iterable[_RawEntry], media_field: str = "path") -> list[Sample]:
+def build_samples(raw: Iterable[RawEntry], media_field: str = "path") -> list[Sample]:
     """Resolve sources and attach keys; merge exact duplicates, refuse conflicting ones.
 
     Raises:
@@ -258,35 +282,18 @@ def build_samples(raw: Iterable[_RawEntry], media_field: str = "path") -> list[S
             but differ in anything else (caption, prompt, images, path, extra fields).
     """
     raw = list(raw)
-    idents, rels = [], []
-    for r in progress(raw, desc="assigning keys", unit="samples"):
-        rel = r.entry.get(media_field)
-        suffix = selector_suffix(r.entry.get("cut"))
-        explicit = r.entry.get("key", r.entry.get("id"))
-        if explicit is not None:  # an entry that names itself keeps that name
-            rel = str(explicit)
-            idents.append((rel + suffix, f"id:{rel}{suffix}"))
-        elif rel is None:  # entries without media (text, reference images): identify by position
-            rel = f"{r.file.stem}_{r.index:06d}"
-            idents.append((rel, f"{r.file}#{r.index}"))
-        else:
-            idents.append((_rel_name(r.root, rel) + suffix, _resolve(r.root, rel) + suffix))
-        rels.append(rel)
+    idents = [entry_identity(r, media_field) for r in progress(raw, desc="assigning keys", unit="samples")]
     keys = assign_keys(idents)
     samples: list[Sample] = []
-    first: dict[str, _RawEntry] = {}
+    first: dict[str, RawEntry] = {}
     duplicates = 0
     for r, key in zip(raw, keys, strict=True):
         if key in first:
-            _check_duplicate(first[key], r, key, media_field)
+            check_duplicate(first[key], r, key, media_field)
             duplicates += 1  # the same sample listed twice (e.g. a mouth clip in s1 and s2): one sample
             continue
         first[key] = r
-        entry = _resolved(r, media_field)
-        source = entry.get(media_field)
-        if source is not None:
-            entry[media_field] = r.entry[media_field]  # entries keep the path as written; the source is absolute
-        samples.append(Sample(key=key, source=source, entry=entry, manifest=str(r.file), index=r.index))
+        samples.append(make_sample(r, key, media_field))
     if duplicates:
         log.info(
             "manifest: %d entries listed a sample already listed (identical); each sample is done once", duplicates
@@ -300,7 +307,7 @@ def read_manifests(
     """Read one or several manifests into samples with unique keys across all of them."""
     if isinstance(manifests, (str, os.PathLike)):
         manifests = [manifests]
-    raw: list[_RawEntry] = []
+    raw: list[RawEntry] = []
     for m in manifests:
         entries = read_manifest_entries(m, root)
         if not entries:  # each one: a wrong file among several must not pass unnoticed

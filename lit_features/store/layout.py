@@ -28,11 +28,13 @@ RUN_SUMMARY_DIR = "run_summary"
 LOCK_FILE = ".lock"
 RUN_TOKEN = ".run_token"  # rewritten by rank 0 at every start: proves each rank sees the same store
 LIVE_DIR = "live"  # per-rank progress snapshots and failure previews of the running job (live dashboards)
+UNITS_DIR = "units"  # work units: the unit list, leases and per-unit logs (lit_features.units)
+PREMIGRATION_DIR = ".premigration"  # logs of the layout before units, once migrated
 
 #: Names a store keeps for itself: a sample path must not start with one, and none may be a symbolic link.
 INTERNAL_NAMES = (
     STORE_JSON, INDEX_DIR, FAILURES_DIR, ATTEMPTS_DIR, CRASHES_DIR, TMP_DIR, MERGED_INDEX, MERGED_FAILURES,
-    RUN_SUMMARY, RUN_SUMMARY_DIR, LOCK_FILE, RUN_TOKEN, LIVE_DIR,
+    RUN_SUMMARY, RUN_SUMMARY_DIR, LOCK_FILE, RUN_TOKEN, LIVE_DIR, UNITS_DIR, PREMIGRATION_DIR,
 )  # fmt: skip
 
 # ``.<final name>.<pid>.<8 hex>.tmp``: what :func:`atomic_write` writes before renaming (and nothing else).

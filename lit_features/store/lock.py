@@ -112,13 +112,17 @@ class StoreLock:
         self._info: dict[str, Any] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._shared = False
 
     @property
     def held(self) -> bool:
         return self._fd is not None
 
-    def acquire(self) -> None:
+    def acquire(self, shared: bool = False) -> None:
         """Take the lock or raise :class:`StoreLockedError` naming the holder.
+
+        ``shared``: for jobs writing work units, which may run together (each claims its own units) but
+        never beside a job that needs the store alone. A shared holder writes no content and no heartbeat.
 
         Raises:
             StoreLockedError: another live job holds it.
@@ -133,7 +137,7 @@ class StoreLock:
             raise
         granted = True
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             granted = False
             info = read_holder(self.path) or {}
@@ -151,6 +155,9 @@ class StoreLock:
         if info is not None and holder_is_alive(info, granted):
             os.close(fd)
             raise self._refusal(info)
+        if shared:  # the content stays what it is: it names the last exclusive holder, or nobody
+            self._fd, self._shared = fd, True
+            return
         if info is not None:
             log.warning("%s: taking over the lock of a job that is gone: %s", self.root, describe_holder(info))
         self._fd = fd
@@ -168,6 +175,11 @@ class StoreLock:
         self._thread.start()
 
     def _refusal(self, info: dict[str, Any]) -> StoreLockedError:
+        if not info:
+            return StoreLockedError(
+                f"{self.root} is being written by jobs working in units (see {self.root}/units/*/lease.*). Wait for "
+                "them to finish, or give this job --data.unit_size to work beside them."
+            )
         return StoreLockedError(
             f"{self.root} is being written by another job: {describe_holder(info)}. One job per store at a time: "
             "wait for it to finish (this job would then resume what is left), or write to another "
@@ -196,6 +208,10 @@ class StoreLock:
             self._thread = None
         fd, self._fd = self._fd, None
         if fd is None:
+            return
+        if self._shared:
+            self._shared = False
+            os.close(fd)
             return
         try:
             os.ftruncate(fd, 0)

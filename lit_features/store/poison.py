@@ -124,11 +124,19 @@ def record_worker_death(
 
 
 def note_worker_death(
-    error: BaseException, attempts: Path, stores: list[Any], job_stopping: bool, rank: int, max_attempts: int
+    error: BaseException,
+    attempts: Path,
+    stores: list[Any],
+    job_stopping: bool,
+    rank: int,
+    max_attempts: int,
+    logs: list[Path] | None = None,
 ) -> None:
     """:func:`record_worker_death` for the stores of a run (``StoreState``), and one error line per sample
-    counted, saying how many crashes it has left before it is skipped."""
-    logs = [layout.rank_file(store.root, layout.CRASHES_DIR, rank) for store in stores]
+    counted, saying how many crashes it has left before it is skipped. ``logs``: the crash logs to append to
+    (default: this rank's of every store; with work units, those of the units in flight)."""
+    if logs is None:
+        logs = [layout.rank_file(store.root, layout.CRASHES_DIR, rank) for store in stores]
     samples, reason = record_worker_death(error, attempts, logs, job_stopping, rank)
     for key, source in samples.items():
         log.error(

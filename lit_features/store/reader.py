@@ -16,6 +16,7 @@ from lit_features.store import layout
 from lit_features.store.codecs import decode
 from lit_features.store.fingerprint import describe_difference, fingerprint_hash
 from lit_features.store.resume import row_files, row_problem
+from lit_features.units.rows import iter_unit_rows
 
 
 class StoreReadError(UserError, OSError):
@@ -30,7 +31,8 @@ class FeatureStore:
     """A read-only view of a store written by :class:`~lit_features.store.writer.FeatureWriter`.
 
     The per-rank index files are the source of truth (the merged ``index.jsonl`` is a convenience that a
-    killed run may not have refreshed); the latest row per key wins.
+    killed run may not have refreshed); the latest row per key wins. A store written in work units is read
+    from its unit indexes directly (no merge step needed).
     """
 
     def __init__(self, root: str | os.PathLike):
@@ -44,6 +46,7 @@ class FeatureStore:
         except (OSError, ValueError) as err:
             raise StoreReadError(f"{meta_path}: cannot read the store's description ({err})") from None
         self._rows = layout.latest_rows(self.root, layout.INDEX_DIR)
+        self._rows.update((row["key"], row) for row in iter_unit_rows(self.root))  # a store in work units
         self._keys = sorted(self._rows)
 
     @property
@@ -146,6 +149,9 @@ class FeatureStore:
     def failures(self) -> list[dict[str, Any]]:
         """Failure rows (latest per key) for keys that are not done."""
         rows = layout.latest_rows(self.root, layout.FAILURES_DIR, exclude=self._rows)
+        rows.update(
+            (row["key"], row) for row in iter_unit_rows(self.root, failures=True) if row["key"] not in self._rows
+        )
         return [rows[k] for k in sorted(rows)]
 
     def as_dataset(self, names: Sequence[str] | None = None, keys: Sequence[str] | None = None) -> FeatureDataset:

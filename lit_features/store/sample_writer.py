@@ -42,6 +42,10 @@ class SampleWriter:
         fsync: make files, renames and log appends durable before a sample counts as written.
         embed_meta: also store each sample's metadata inside its file.
         queue_size: batches waiting before the producer blocks.
+        log_dir: for work units, the folder of a store's logs for a route (see :meth:`put`); default: every
+            row goes to the store's own ``index/`` and ``failures/``.
+        on_route_end: called on the writer thread once a route's rows on this rank are durable (see :meth:`put`).
+        tmp_name: this process's temporary folder under the store's ``.tmp/`` (default ``rank-<rank>``).
     """
 
     def __init__(
@@ -54,6 +58,9 @@ class SampleWriter:
         fsync: bool = True,
         embed_meta: bool = True,
         queue_size: int = 8,
+        log_dir: Callable[[Path, Any], Path] | None = None,
+        on_route_end: Callable[[Any], None] | None = None,
+        tmp_name: str | None = None,
     ):
         self.stores = stores
         self.codec = codec
@@ -67,19 +74,38 @@ class SampleWriter:
         self.run_failures: list[dict[str, Any]] = []
         self.seconds_writing = 0.0
         self.error: BaseException | None = None
+        self.log_dir = log_dir
+        self.on_route_end = on_route_end
+        self.tmp_name = tmp_name or f"rank-{rank}"
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
-        self._index_fh = {n: open(layout.rank_file(s.root, layout.INDEX_DIR, rank), "a") for n, s in stores.items()}
-        self._failure_fh = {
-            n: open(layout.rank_file(s.root, layout.FAILURES_DIR, rank), "a") for n, s in stores.items()
-        }
+        self._logs: dict[tuple[str, Any, bool], Any] = {}
+        if log_dir is None:  # the store's own logs exist from the start (an empty file: this rank took part)
+            for name in stores:
+                self._log(name, None, False), self._log(name, None, True)
         self._fsync_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="feature-writer-fsync")
         self._thread: threading.Thread | None = threading.Thread(target=self._drain, name="feature-writer", daemon=True)
         self._thread.start()
 
     # -- producer side (the main thread) --------------------------------------------------------------------------
-    def put(self, prediction: PredictionOutput) -> None:
+    def put(self, prediction: PredictionOutput, routes: dict[str, Any] | None = None, ends: list[Any] = ()) -> None:
+        """Queue a batch. With work units, ``routes`` gives each key's route (its unit claim: where its rows
+        go) and ``ends`` the routes this rank has no more samples of after this batch."""
         self.raise_if_failed()
-        self._queue.put(prediction)
+        self._queue.put((prediction, routes, list(ends)))
+
+    def _log(self, name: str, route: Any, failures: bool) -> Any:
+        fh = self._logs.get((name, route, failures))
+        if fh is None:
+            root = self.stores[name].root
+            folder = root if route is None or self.log_dir is None else self.log_dir(root, route)
+            path = layout.rank_file(folder, layout.FAILURES_DIR if failures else layout.INDEX_DIR, self.rank)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fh = self._logs[(name, route, failures)] = open(path, "a")
+        return fh
+
+    def _close_route(self, route: Any) -> None:
+        for slot in [s for s in self._logs if s[1] == route]:
+            self._logs.pop(slot).close()
 
     @property
     def queue_depth(self) -> int:
@@ -96,10 +122,10 @@ class SampleWriter:
             ) from self.error
         raise RuntimeError(f"the feature writer failed: {self.error!r}") from self.error
 
-    def append_rows(self, name: str, rows: list[dict[str, Any]], failures: bool = False) -> None:
-        """Append rows to this rank's index (or failure log) of store ``name``, durably."""
-        fh = (self._failure_fh if failures else self._index_fh)[name]
+    def append_rows(self, name: str, rows: list[dict[str, Any]], failures: bool = False, route: Any = None) -> None:
+        """Append rows to this rank's index (or failure log) of store ``name`` (for ``route``), durably."""
         if rows:
+            fh = self._log(name, route, failures)
             fh.write("".join(json.dumps(r, default=str) + "\n" for r in rows))
             fh.flush()
             if self.fsync:
@@ -115,9 +141,9 @@ class SampleWriter:
             self._thread.join()
             self._thread = None
             self._fsync_pool.shutdown()
-        for fh in list(self._index_fh.values()) + list(self._failure_fh.values()):
+        for fh in self._logs.values():
             fh.close()
-        self._index_fh, self._failure_fh = {}, {}
+        self._logs = {}
 
     # -- the thread ----------------------------------------------------------------------------------------------
     def _write_record(self, record: FeatureRecord, folders: set[Path]) -> dict[str, Any]:
@@ -125,7 +151,7 @@ class SampleWriter:
         if store is None:
             raise KeyError(f"record for unknown store {record.store!r}; known: {sorted(self.stores)}")
         ext = EXTENSIONS[self.codec]
-        tmp_dir = store.root / layout.TMP_DIR / f"rank-{self.rank}"
+        tmp_dir = store.root / layout.TMP_DIR / self.tmp_name
         files, nbytes = [], 0
         if "{name}" in self.path_template:
             groups = [(name, {name: t}) for name, t in record.tensors.items()]
@@ -155,7 +181,8 @@ class SampleWriter:
             row["files"] = files
         return row
 
-    def _persist(self, item: PredictionOutput) -> None:
+    def _persist(self, queued: tuple[PredictionOutput, dict[str, Any] | None, list[Any]]) -> None:
+        item, routes, ends = queued
         started = time.monotonic()
         rows: dict[str, list] = {name: [] for name in self.stores}
         failures: dict[str, list] = {name: [] for name in self.stores}
@@ -178,13 +205,19 @@ class SampleWriter:
             if len(self.run_failures) < 1000:  # a sample for the run summary, not the record
                 self.run_failures.extend(failures[name][: 1000 - len(self.run_failures)])
         for name in self.stores:
-            self.append_rows(name, rows[name])
-            self.append_rows(name, failures[name], failures=True)
+            for route, part in _by_route(rows[name], routes):
+                self.append_rows(name, part, route=route)
+            for route, part in _by_route(failures[name], routes):
+                self.append_rows(name, part, failures=True, route=route)
             self.stores[name].done.update((r["key"], None) for r in rows[name])
         self.counts["written"] += sum(len(r) for r in rows.values())
         self.counts["failed"] += len(item.failures) + write_failed
         self.counts["write_failed"] += write_failed
         self.seconds_writing += time.monotonic() - started
+        for route in ends:  # after this batch's rows are durable: this rank's share of the route is written
+            self._close_route(route)
+            if self.on_route_end is not None:
+                self.on_route_end(route)
 
     def _drain(self) -> None:
         while True:
@@ -197,3 +230,15 @@ class SampleWriter:
                 self._persist(item)
             except BaseException as err:  # surfaced on the main thread at the next batch and at the end
                 self.error = err
+
+
+def _by_route(rows: list[dict[str, Any]], routes: dict[str, Any] | None) -> list[tuple[Any, list[dict[str, Any]]]]:
+    """Rows grouped by their key's route (all under ``None`` without routes)."""
+    if routes is None:
+        return [(None, rows)]
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["key"] not in routes:
+            raise KeyError(f"no work unit for key {row['key']!r}: the batch did not say which unit it belongs to")
+        groups.setdefault(routes[row["key"]], []).append(row)
+    return list(groups.items())

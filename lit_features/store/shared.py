@@ -18,7 +18,7 @@ class StoreNotSharedError(UserError, RuntimeError):
     """Some ranks do not see the store rank 0 prepared: the output directory is not shared by all nodes."""
 
 
-def check_shared_store(trainer: pl.Trainer, root: Path, wait_s: float = 30.0) -> None:
+def check_shared_store(trainer: pl.Trainer, root: Path, wait_s: float = 30.0, marker: Path | None = None) -> None:
     """Fail on every rank unless every rank sees the same ``root`` as rank 0 (a collective; no-op on one rank).
 
     Ranks on other nodes resume from, and append to, the index files they see: with a node-local output
@@ -28,7 +28,7 @@ def check_shared_store(trainer: pl.Trainer, root: Path, wait_s: float = 30.0) ->
     """
     if trainer.world_size <= 1:
         return
-    marker = root / layout.RUN_TOKEN
+    marker = marker if marker is not None else root / layout.RUN_TOKEN  # one per job where jobs run together
     token = f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}" if trainer.global_rank == 0 else None
     if token is not None:
         layout.atomic_write_text(marker, token)

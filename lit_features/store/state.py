@@ -114,6 +114,12 @@ class StoreState:
         stray = layout.remove_temp_files(self.root) + layout.remove_temp_files(self.root / layout.RUN_SUMMARY_DIR)
         if stray:
             log.info("%s: removed %d temporary files left by a killed job", self.root, stray)
+        self.record_meta()
+
+    def record_meta(self) -> None:
+        """Write ``store.json`` when missing, or record accepted weights (see :meth:`check`)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        meta_path = self.root / layout.STORE_JSON
         if not meta_path.exists():
             self._write_meta()
         elif self.accepting_weights:

@@ -24,7 +24,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from lit_features.errors import UserError
-from lit_features.interfaces import WorkItem, run_samples
+from lit_features.interfaces import WorkItem, run_samples, run_units
 from lit_features.records import Failure, PredictionOutput
 from lit_features.store import layout, run_summary
 from lit_features.store.codecs import EXTENSIONS
@@ -151,6 +151,18 @@ class FeatureWriter(BasePredictionWriter):
         self._finished = False
         self._crashed = False
         self.run_summary: dict[str, Any] = {}  # over all ranks, on rank 0 at the end of a run
+        self.units: Any = None  # a units.writing.UnitWriting when the DataModule works in units
+
+    def units_root(self) -> Path:
+        """Where a DataModule working in units keeps the unit list (``<output_dir>/units``'s parent)."""
+        return self.output_dir
+
+    def claim_unit(self) -> Any:
+        """Rank 0, working in units: the next claimed unit with work left (see :meth:`UnitJob.claim`)."""
+        job = getattr(self.units, "unit_job", None)
+        if job is None:
+            raise RuntimeError("the feature writer has not opened the store in units on this rank")
+        return job.claim()
 
     # -- set-up ------------------------------------------------------------------------------------------------
     @property
@@ -162,6 +174,11 @@ class FeatureWriter(BasePredictionWriter):
             return
         self.rank, self.world_size = trainer.global_rank, trainer.world_size
         self.stores = store_states(self.output_dir, pl_module, self.codec, self.path_template)
+        unit_list = run_units(trainer)
+        if unit_list is not None:
+            self._setup_units(trainer, unit_list)
+            return
+        self.units = None
         samples = run_samples(trainer)  # read and validated by the DataModule's setup
         self._by_key = {s.key: s for s in samples} if samples else {}
         self.read_only, self._plan = None, None
@@ -198,8 +215,22 @@ class FeatureWriter(BasePredictionWriter):
         self._set_up, self._finished, self._crashed = True, False, False
         self.run_summary = {}
 
+    def _setup_units(self, trainer: pl.Trainer, unit_list: Any) -> None:
+        from lit_features.units.writing import UnitWriting  # units build on the store package: import late
+
+        data = trainer.datamodule
+        self.units = UnitWriting(self.output_dir, self.stores, unit_list, self.rank, self.world_size)
+        self.read_only, self._plan, self.skipped = None, None, 0
+        self._writer = self.units.open(trainer, self, data.lease_expiry_s, data.wait_for_units)
+        self._started = time.monotonic()
+        self._set_up, self._finished, self._crashed = True, False, False
+        self.run_summary = {}
+
     def _open_on_rank_zero(self, samples: Sequence[WorkItem] | None) -> dict[str, list[str]]:
         """Refuse, lock, verify and prepare (see :func:`open_stores`); returns the keys whose rows lie."""
+        from lit_features.units.job import refuse_old_layout  # units build on the store package: import late
+
+        refuse_old_layout(self.stores, units_given=False)
         opened = open_stores(
             self.output_dir, self.stores, self.path_template, self.codec, samples, self.overwrite, self.accept_weights
         )
@@ -297,6 +328,8 @@ class FeatureWriter(BasePredictionWriter):
         first = next(iter(self.stores.values()), None)
         if first is None or self.read_only is not None:
             return None
+        if self.units is not None:
+            return self.units.attempt_log()
         return str(layout.rank_file(first.root, layout.ATTEMPTS_DIR, self.rank))
 
     # -- writing -------------------------------------------------------------------------------------------------
@@ -319,6 +352,11 @@ class FeatureWriter(BasePredictionWriter):
             self._writer.timing["model_s"] += prediction.model_seconds
             self._writer.timing["decode_s"] += prediction.decode_seconds
             self._writer.timing["transform_s"] += prediction.transform_seconds
+        if self.units is not None:
+            assert self._writer is not None
+            routes, ends = self.units.note_batch(batch)
+            self._writer.put(prediction or PredictionOutput([], []), routes, ends)
+        elif prediction is not None:
             self._writer.put(prediction)
         if getattr(trainer, "received_sigterm", False):
             # Lightning notes SIGTERM but its predict loop runs on: stop here (what is queued gets written).
@@ -341,7 +379,12 @@ class FeatureWriter(BasePredictionWriter):
         self._writer.close()
         self._writer.raise_if_failed()
         try:
-            run = self._merge(trainer)
+            if self.units is None:
+                run = self._merge(trainer)
+            else:
+                elapsed = time.monotonic() - self._started
+                self.summary = run_summary.rank_summary(self._writer, self.rank, self.skipped, elapsed)
+                run = self.units.finish(trainer, self.summary)
             if self.rank == 0 and not run["write_failed"]:
                 report_models(self.output_dir, pl_module, trainer.datamodule)  # for extractors that ask
         except OSError as err:
@@ -391,6 +434,8 @@ class FeatureWriter(BasePredictionWriter):
         if self._writer is not None:
             self._writer.close()  # persist what was already computed before the run goes down
         self._note_worker_death(trainer, exception)
+        if self.units is not None:
+            self.units.stop()
         self._release_lock()
 
     def _note_worker_death(self, trainer: pl.Trainer, exception: BaseException) -> None:
@@ -398,11 +443,14 @@ class FeatureWriter(BasePredictionWriter):
         attempts = self.attempt_log_path()
         if attempts is not None:
             stopping = bool(getattr(trainer, "received_sigterm", False))  # Lightning's SIGTERM flag
+            logs = self.units.crash_logs() if self.units is not None else None
             note_worker_death(
-                exception, Path(attempts), list(self.stores.values()), stopping, self.rank, self.max_attempts
+                exception, Path(attempts), list(self.stores.values()), stopping, self.rank, self.max_attempts, logs
             )
 
     def _release_lock(self) -> None:
+        if self.units is not None:
+            self.units.release_lock()
         if self._lock is not None:
             self._lock.release()
             self._lock = None

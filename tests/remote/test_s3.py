@@ -169,19 +169,19 @@ def test_a_bad_remote_manifest_stops_before_any_model_loads(s3, tiny_models, env
 
 
 def test_keys_of_remote_sources_are_stable_and_filesystem_safe() -> None:
-    from lit_features.data.manifest import _RawEntry, build_samples
+    from lit_features.data.manifest import RawEntry, build_samples
     from lit_features.data.remote import RemotePath
 
     root = RemotePath("s3://bucket/datasets/v1")
     raw = [
-        _RawEntry({"path": "clips/a b?.mp4"}, root, root, 0),
-        _RawEntry({"path": "s3://other/deep/x/clip.mp4"}, root, root, 1),  # outside the root: last two parts
-        _RawEntry({"path": "https://host/v/a.mp4?X-Amz-Signature=1&X-Amz-Date=2"}, root, root, 2),
-        _RawEntry({"path": "clips/a.mp4", "cut": [0, 8]}, root, root, 3),
+        RawEntry({"path": "clips/a b?.mp4"}, root, root, 0),
+        RawEntry({"path": "s3://other/deep/x/clip.mp4"}, root, root, 1),  # outside the root: last two parts
+        RawEntry({"path": "https://host/v/a.mp4?X-Amz-Signature=1&X-Amz-Date=2"}, root, root, 2),
+        RawEntry({"path": "clips/a.mp4", "cut": [0, 8]}, root, root, 3),
     ]
     samples = build_samples(raw)
     assert [s.key for s in samples] == ["clips__a_b_mp4", "x__clip_mp4", "v__a_mp4", "clips__a_mp4_cut0-8"]
-    resigned = _RawEntry({"path": "https://host/v/a.mp4?X-Amz-Signature=9&X-Amz-Date=3"}, root, root, 2)
+    resigned = RawEntry({"path": "https://host/v/a.mp4?X-Amz-Signature=9&X-Amz-Date=3"}, root, root, 2)
     assert build_samples([resigned])[0].key == "v__a_mp4"  # a presigned URL signed again keeps its key
     assert samples[2].source.endswith("?X-Amz-Signature=1&X-Amz-Date=2")  # but is fetched as given
     assert [s.source for s in samples][:2] == ["s3://bucket/datasets/v1/clips/a b?.mp4", "s3://other/deep/x/clip.mp4"]
