@@ -22,6 +22,7 @@ import logging
 import os
 import socket
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,9 @@ class LiveExtractionMetrics(Callback):
             return
         self._root = Path(self._writer.output_dir)
         self._since = time.time()
+        # A folder of its own per run (named by rank 0): jobs working in units share the store at the same time.
+        run = trainer.strategy.broadcast(uuid.uuid4().hex[:12] if trainer.is_global_zero else None)
+        self._live = progress.live_dir(self._root, run)
         if trainer.is_global_zero:  # before the writer's set-up, whose barrier the other ranks wait at
             progress.clear(self._root)
             wandb_runs(trainer.loggers)  # start W&B now (seconds), not inside the run's timed predict
@@ -172,7 +176,8 @@ class LiveExtractionMetrics(Callback):
         self._next = self._started + self.interval_s
         if trainer.is_global_zero:
             self._sink = Sink(trainer.loggers, "job/elapsed_s")
-            self._failures = progress.FailureTail(self._root, self._since)
+            units = getattr(self._writer, "units", None)  # in units, this job's claims hold its failure logs
+            self._failures = progress.FailureTail(self._root, self._since, getattr(units, "job", None) or None)
             self._table_rows = 0
             self._hosts: dict[int, str] = {}
         self._tick(trainer)
@@ -192,7 +197,7 @@ class LiveExtractionMetrics(Callback):
             for failure in getattr(outputs, "failures", None) or []:
                 if getattr(failure, "preview", None) is not None:
                     try:  # before the writer sees the batch: its failure row never precedes the preview
-                        progress.write_preview(self._root, failure.key, failure.preview)
+                        progress.write_preview(self._live, failure.key, failure.preview)
                     except OSError as err:
                         log.debug("no preview for %s: %s", failure.key, err)
         now = time.monotonic()
@@ -226,7 +231,7 @@ class LiveExtractionMetrics(Callback):
         assert self._root is not None
         snapshot = self._snapshot(state)
         try:
-            progress.write_snapshot(self._root, trainer.global_rank, snapshot)
+            progress.write_snapshot(self._live, trainer.global_rank, snapshot)
         except OSError as err:  # e.g. a read-only store: the dashboard is not worth failing a run for
             log.debug("live snapshot not written: %s", err)
         if trainer.is_global_zero:
@@ -252,7 +257,7 @@ class LiveExtractionMetrics(Callback):
         assert self._root is not None
         deadline = time.monotonic() + 5.0
         while True:
-            snapshots = {r: s for r, s in progress.read_snapshots(self._root).items() if s["time"] >= self._since}
+            snapshots = {r: s for r, s in progress.read_snapshots(self._live).items() if s["time"] >= self._since}
             snapshots[own["rank"]] = own
             settled = sum(1 for s in snapshots.values() if s["state"] != "running")
             if settled >= wait_for or time.monotonic() > deadline:
@@ -265,7 +270,7 @@ class LiveExtractionMetrics(Callback):
         for row in self._failures.new_rows():
             if self._table_rows >= self.max_failure_rows:
                 break
-            preview = progress.read_preview(self._root, row["key"]) if self.previews else None
+            preview = progress.read_preview(self._live, row["key"]) if self.previews else None
             rows.append(
                 [
                     row.get("key"), row.get("source"), row.get("stage"), row.get("error"), row.get("message"),
