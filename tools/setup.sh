@@ -10,9 +10,21 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=".venv/.lit_features-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install -q "$TORCH_SPEC"
-  .venv/bin/python -m pip install -q -e ".[dev]"
+  # pip's own chatter (index notes, build warnings) goes to a log; it is shown only when an install fails.
+  log=.venv/setup.log
+  echo "setting up .venv (torch, then lit_features and its dependencies; pip's output: $log) ..."
+  install() {
+    if ! .venv/bin/python -m pip install "$@" >>"$log" 2>&1; then
+      tail -n 40 "$log" >&2
+      echo "setup failed: pip install $* (whole output: $log)" >&2
+      exit 1
+    fi
+  }
+  : >"$log"
+  install -q --upgrade pip
+  .venv/bin/python -c "import torch" 2>/dev/null || install -q "$TORCH_SPEC"
+  install -q -e ".[dev]"
   rm -f .venv/.lit_features-*
   touch "$stamp"
+  echo "set up: $(.venv/bin/python -c 'import torch, lightning; print("torch", torch.__version__, "lightning", lightning.__version__)')"
 fi
