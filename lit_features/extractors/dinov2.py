@@ -6,12 +6,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from lit_features.extractors.base import quiet_transformers
-from lit_features.extractors.vfm import CLASSIFIER_HEADS, ShortClip, VFMFeatures, as_pair, read_json
+from lit_features.extractors.vfm import CLASSIFIER_HEADS, ShortClip, VFMFeatures, as_pair
 from lit_features.models.weights import from_pretrained_strict
 
 
@@ -46,8 +44,7 @@ class DINOv2Features(VFMFeatures):
         super().__init__(model_path, num_frames, height, width, short_clip, dtype, trust_remote_code)
 
     def patch_geometry(self) -> tuple[int | None, int | None]:
-        patch = read_json(Path(self.model_path) / "config.json").get("patch_size")
-        return (as_pair(patch)[0] if patch is not None else None), None
+        return self.config_patch_geometry()[0], None  # images: no tubelets
 
     def load_model(self) -> torch.nn.Module:
         from transformers import Dinov2Model

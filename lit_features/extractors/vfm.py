@@ -180,6 +180,12 @@ class VFMFeatures(FeatureExtractor):
         """(patch size, tubelet size) read from the weights' config without loading them; None when unknown."""
         return None, None
 
+    def config_patch_geometry(self) -> tuple[int | None, int | None]:
+        """:meth:`patch_geometry` from a Hugging Face ``config.json``'s ``patch_size`` and ``tubelet_size``."""
+        cfg = read_json(Path(self.model_path) / "config.json")
+        patch = cfg.get("patch_size")
+        return (as_pair(patch)[0] if patch is not None else None), cfg.get("tubelet_size")
+
     def preprocessor(self) -> VideoClipPreprocessor:
         return VideoClipPreprocessor(num_frames=self.num_frames, sizes=(self.size,), short_clip=self.short_clip)
 

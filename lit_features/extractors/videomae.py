@@ -8,13 +8,12 @@ itself only accepts its native size. Frames and normalisation: :mod:`lit_feature
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from lit_features.extractors.base import quiet_transformers
-from lit_features.extractors.vfm import VIDEOMAE_HEADS, ShortClip, VFMFeatures, as_pair, read_json
+from lit_features.extractors.vfm import VIDEOMAE_HEADS, ShortClip, VFMFeatures, as_pair
 from lit_features.models.weights import from_pretrained_strict
 
 
@@ -43,9 +42,7 @@ class VideoMAEFeatures(VFMFeatures):
         self._tables: dict[tuple[int, int, int], torch.Tensor] = {}
 
     def patch_geometry(self) -> tuple[int | None, int | None]:
-        cfg = read_json(Path(self.model_path) / "config.json")
-        patch = cfg.get("patch_size")
-        return (as_pair(patch)[0] if patch is not None else None), cfg.get("tubelet_size")
+        return self.config_patch_geometry()
 
     def load_model(self) -> torch.nn.Module:
         from transformers import VideoMAEModel

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
 from lit_features.extractors.base import quiet_transformers
-from lit_features.extractors.vfm import CLASSIFIER_HEADS, ShortClip, VFMFeatures, as_pair, read_json
+from lit_features.extractors.vfm import CLASSIFIER_HEADS, ShortClip, VFMFeatures
 from lit_features.models.weights import from_pretrained_strict
 
 
@@ -110,9 +109,7 @@ class VJEPA2Features(VFMFeatures):
         return {**super().numeric_params(), "rope_grid": self.rope_grid}
 
     def patch_geometry(self) -> tuple[int | None, int | None]:
-        cfg = read_json(Path(self.model_path) / "config.json")
-        patch = cfg.get("patch_size")
-        return (as_pair(patch)[0] if patch is not None else None), cfg.get("tubelet_size")
+        return self.config_patch_geometry()
 
     def load_model(self) -> torch.nn.Module:
         from transformers import VJEPA2Model

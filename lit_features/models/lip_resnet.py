@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lit_features.models.weights import load_state_dict_strict
+from lit_features.models.weights import load_state_dict_strict, read_torch_checkpoint
 
 UPSTREAM_CHECKPOINT_NAME = "lrw_resnet18_mstcn_adamw_s3.pth.tar"
 """File name of the released LRW ResNet-18 + MS-TCN checkpoint the front end is loaded from."""
@@ -184,14 +184,7 @@ def load_lip_frontend(
             f"lip-reading checkpoint not found: {path_str}; download {UPSTREAM_CHECKPOINT_NAME} from the "
             f"Lipreading_using_Temporal_Convolutional_Networks model zoo and pass its path"
         )
-    try:
-        checkpoint = torch.load(path_str, map_location=map_location, weights_only=not allow_pickle)
-    except Exception as error:  # torch raises several unpickling error types; all mean the same here
-        raise ValueError(
-            f"{path_str}: cannot read it as a torch checkpoint ({type(error).__name__}: "
-            f"{str(error).splitlines()[0]}); if it holds custom objects and you trust it, pass "
-            f"allow_pickle=True"
-        ) from error
+    checkpoint = read_torch_checkpoint(path_str, map_location, allow_pickle)
 
     if isinstance(checkpoint, Mapping) and "model_state_dict" in checkpoint:
         state_dict = checkpoint["model_state_dict"]

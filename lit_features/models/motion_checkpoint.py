@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import torch
 
 from lit_features.models.motion_autoencoder import MotionAutoencoderConfig, MotionFeatureAutoencoder
-from lit_features.models.weights import load_state_dict_strict
+from lit_features.models.weights import load_state_dict_strict, read_torch_checkpoint
 
 # Upstream training stores argparse Namespace values, whose paths are pathlib objects; allowing exactly
 # these classes keeps torch.load in its safe weights-only mode.
@@ -52,15 +52,8 @@ def load_motion_autoencoder(
     path_str = os.fspath(path)
     if not os.path.isfile(path_str):
         raise FileNotFoundError(f"motion autoencoder checkpoint not found: {path_str}")
-    try:
-        with torch.serialization.safe_globals(CHECKPOINT_SAFE_GLOBALS):
-            checkpoint = torch.load(path_str, map_location=map_location, weights_only=not allow_pickle)
-    except Exception as error:  # torch raises several unpickling error types; all mean the same here
-        raise ValueError(
-            f"{path_str}: cannot read it as a torch checkpoint ({type(error).__name__}: "
-            f"{str(error).splitlines()[0]}); if it holds custom objects and you trust it, pass "
-            f"allow_pickle=True"
-        ) from error
+    with torch.serialization.safe_globals(CHECKPOINT_SAFE_GLOBALS):
+        checkpoint = read_torch_checkpoint(path_str, map_location, allow_pickle)
     if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint or "config" not in checkpoint:
         found = sorted(checkpoint) if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
         raise ValueError(

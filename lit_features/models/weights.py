@@ -166,3 +166,19 @@ def from_pretrained_strict(
     if message:
         raise WeightsMismatchError(message)
     return model
+
+
+def read_torch_checkpoint(path: str, map_location: Any = "cpu", allow_pickle: bool = False) -> Any:
+    """``torch.load`` of a checkpoint (tensors only unless ``allow_pickle``), any failure one ``ValueError``.
+
+    torch raises several unpickling error types; all mean the same to a user: the file is not what was meant,
+    or it holds objects that need ``allow_pickle=True`` (only for files one trusts).
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=not allow_pickle)
+    except Exception as error:
+        raise ValueError(
+            f"{path}: cannot read it as a torch checkpoint ({type(error).__name__}: "
+            f"{str(error).splitlines()[0]}); if it holds custom objects and you trust it, pass "
+            f"allow_pickle=True"
+        ) from error
