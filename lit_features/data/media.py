@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from lit_features.data.decoder_scaling import DecoderScale
 from lit_features.data.keyframes import KeyframeProbe, entry_keyframes, key_at_or_before
 from lit_features.data.sampling import FrameSampling
 
@@ -30,7 +31,11 @@ class DecodeError(RuntimeError):
 
 @dataclass
 class DecodedVideo:
-    """Frames of one clip, ``uint8 [T, H, W, 3]`` RGB, upright (rotation metadata applied)."""
+    """Frames of one clip, ``uint8 [T, H, W, 3]`` RGB, upright (rotation metadata applied).
+
+    ``source_size`` is the upright (H, W) of the stored frames; ``frames`` differ from it only when the decoder
+    was asked to scale them.
+    """
 
     frames: np.ndarray
     indices: list[int]
@@ -39,6 +44,7 @@ class DecodedVideo:
     padded: int
     backend: str
     rotation: int = 0
+    source_size: tuple[int, int] = (0, 0)
 
 
 def _rotate(frames: np.ndarray, rotation: int) -> np.ndarray:
@@ -49,12 +55,43 @@ def _rotate(frames: np.ndarray, rotation: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(frames, k=k, axes=(1, 2)))
 
 
+def _quarter_turned(rotation: int) -> bool:
+    return (rotation // 90) % 2 == 1
+
+
+def _frame_rotation(frame: Any) -> int:
+    return int(round(getattr(frame, "rotation", 0) or 0))
+
+
+def probe_upright_size(path: str) -> tuple[int, int]:
+    """Upright (H, W) of a video's frames: its first frame's size, swapped when the display rotation is a quarter
+    turn. One frame is decoded, since PyAV reads the rotation from the frames, not from the stream."""
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = 1  # one frame is wanted: no frame-thread pipeline to fill
+        for frame in container.decode(stream):
+            h, w = frame.height, frame.width
+            return (w, h) if _quarter_turned(_frame_rotation(frame)) else (h, w)
+    raise DecodeError("no frames decoded")
+
+
 def _decode_decord(
-    path: str, sampling: FrameSampling, cut: list[float] | None, size: tuple[int, int] | None = None
+    path: str,
+    sampling: FrameSampling,
+    cut: list[float] | None,
+    size: tuple[int, int] | None = None,
+    scale: DecoderScale | None = None,
 ) -> DecodedVideo:
     import decord
 
-    resize = {"height": size[0], "width": size[1]} if size else {}  # scaled by FFmpeg while decoding
+    source = probe_upright_size(path) if size or scale else None
+    if scale is not None:
+        assert source is not None
+        size = scale.size(*source)
+    # Scaled by FFmpeg while decoding (``transpose`` for the rotation, then ``scale=W:H``: an upright size).
+    resize = {"height": size[0], "width": size[1]} if size else {}
     reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1, **resize)
     total = len(reader)
     fps = float(reader.get_avg_fps())
@@ -68,7 +105,8 @@ def _decode_decord(
     lookup = {idx: pos for pos, idx in enumerate(unique)}
     frames = frames[[lookup[i] for i in indices]]
     # decord applies the display-matrix rotation itself (checked against PyAV + rotation in the tests).
-    return DecodedVideo(frames, indices, total, fps, padded, "decord")
+    upright = source if source is not None else (int(frames.shape[1]), int(frames.shape[2]))
+    return DecodedVideo(frames, indices, total, fps, padded, "decord", source_size=upright)
 
 
 def _read_decord(path: str, reader: Any, unique: list[int]) -> np.ndarray:
@@ -113,14 +151,65 @@ def _read_forward(reader: Any, keys: list[int], start: int, unique: list[int]) -
     return np.stack(out)
 
 
+class _RGBFrames:
+    """Converts PyAV frames to RGB arrays, deciding at the first frame how: at their stored size (turned upright
+    afterwards, :func:`_rotate`), or scaled while converting to an upright ``size`` (or the one ``scale`` asks
+    for) by the FFmpeg filter chain decord builds (``transpose`` for the rotation, then ``scale=W:H`` bilinear, to
+    ``rgb24``), which gives decord's scaled frames bit for bit (``frame.to_ndarray(width=, height=)`` does not)."""
+
+    #: decord's ``transpose`` filters per display angle (clockwise degrees, as decord reads them).
+    TRANSPOSES = {90: ("1",), 180: ("1", "1"), 270: ("2",)}
+
+    def __init__(self, stream: Any, size: tuple[int, int] | None, scale: DecoderScale | None):
+        self.stream, self.size, self.scale = stream, size, scale
+        self.rotation = 0
+        self.source_size: tuple[int, int] | None = None
+        self.graph: Any = None
+
+    def __call__(self, frame: Any) -> np.ndarray:
+        if self.source_size is None:
+            self.rotation = _frame_rotation(frame)
+            h, w = frame.height, frame.width
+            self.source_size = (w, h) if _quarter_turned(self.rotation) else (h, w)
+            size = self.scale.size(*self.source_size) if self.scale is not None else self.size
+            if size is not None:
+                self.graph = self._scaler(size)
+        if self.graph is None:
+            return frame.to_ndarray(format="rgb24")
+        self.graph.push(frame)
+        return self.graph.pull().to_ndarray()
+
+    def _scaler(self, size: tuple[int, int]) -> Any:
+        import av.filter
+
+        graph = av.filter.Graph()
+        chain = [graph.add_buffer(template=self.stream)]
+        chain += [graph.add("transpose", d) for d in self.TRANSPOSES.get(-self.rotation % 360, ())]
+        chain += [graph.add("scale", f"{size[1]}:{size[0]}:flags=bilinear"), graph.add("format", "rgb24")]
+        chain.append(graph.add("buffersink"))
+        for a, b in zip(chain, chain[1:]):
+            a.link_to(b)
+        graph.configure()
+        return graph
+
+    def upright(self, frames: np.ndarray) -> np.ndarray:
+        """``frames`` as converted, turned upright when the conversion left them as stored."""
+        return frames if self.graph is not None else _rotate(frames, self.rotation)
+
+
 def _decode_pyav(
-    path: str, sampling: FrameSampling, cut: list[float] | None, size: tuple[int, int] | None = None
+    path: str,
+    sampling: FrameSampling,
+    cut: list[float] | None,
+    size: tuple[int, int] | None = None,
+    scale: DecoderScale | None = None,
 ) -> DecodedVideo:
     import av
 
     with av.open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        rgb = _RGBFrames(stream, size, scale)
         rate = stream.average_rate or stream.guessed_rate
         fps = float(rate) if rate else 0.0
         header_total = int(stream.frames or 0)
@@ -129,14 +218,12 @@ def _decode_pyav(
             wanted = set(indices)
             last = max(indices)
             got: dict[int, np.ndarray] = {}
-            rotation = 0
             decoded = 0
             for i, frame in enumerate(container.decode(stream)):
                 decoded = i + 1
                 _refuse_corrupt(frame, i)
                 if i in wanted:
-                    got[i] = _rgb(frame, size)
-                    rotation = int(round(getattr(frame, "rotation", 0) or 0))
+                    got[i] = rgb(frame)
                 if i >= last:
                     break
             if len(got) != len(wanted):
@@ -147,18 +234,19 @@ def _decode_pyav(
                 )
             total = header_total
         else:  # no frame count in the header: decode everything, then select
-            all_frames, rotation = [], 0
+            all_frames = []
             for i, frame in enumerate(container.decode(stream)):
                 _refuse_corrupt(frame, i)
-                all_frames.append(_rgb(frame, size))
-                rotation = int(round(getattr(frame, "rotation", 0) or 0))
+                all_frames.append(rgb(frame))
             total = len(all_frames)
             indices, padded = sampling.select(total, fps, cut)
             got = {i: all_frames[i] for i in set(indices)}
-    if not got:
+    if not got or rgb.source_size is None:
         raise DecodeError("no frames decoded")
     frames = np.stack([got[i] for i in indices])
-    return DecodedVideo(_rotate(frames, rotation), indices, total, fps, padded, "pyav", rotation)
+    return DecodedVideo(
+        rgb.upright(frames), indices, total, fps, padded, "pyav", rgb.rotation, source_size=rgb.source_size
+    )
 
 
 def corrupt_frame_message(index: int) -> str:
@@ -175,45 +263,44 @@ def _refuse_corrupt(frame: Any, index: int) -> None:
         raise DecodeError(corrupt_frame_message(index))
 
 
-def _rgb(frame, size: tuple[int, int] | None) -> np.ndarray:
-    if size is None:
-        return frame.to_ndarray(format="rgb24")
-    return frame.to_ndarray(format="rgb24", width=size[1], height=size[0], interpolation="BILINEAR")
-
-
 def decode_video(
     path: str,
     sampling: FrameSampling,
     cut: list[float] | None = None,
     backend: Backend = "auto",
     size: tuple[int, int] | None = None,
+    scale: DecoderScale | None = None,
 ) -> DecodedVideo:
     """Decode only the frames ``sampling`` selects. ``auto`` tries decord, then PyAV when decord fails.
 
-    ``size`` = (H, W) has the decoder scale frames while decoding (FFmpeg's bilinear scaler; stored frame
-    size, before rotation), which saves memory and a copy for jobs that resize to a fixed size anyway.
+    ``size`` = (H, W) has the decoder scale frames while decoding (FFmpeg's ``scale`` filter, bilinear), to an
+    upright size (after the rotation); ``scale`` chooses that size from the clip's upright source size (see
+    :mod:`lit_features.data.decoder_scaling`; ``None`` from it: the stored size). Both backends give the same
+    scaled frames, bit for bit.
     """
     import os
 
+    if size is not None and scale is not None:
+        raise ValueError("give the decoder a fixed size or a scaling rule, not both")
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file: {path}")
     if os.path.isfile(path) and os.path.getsize(path) == 0:
         raise DecodeError(f"empty file (0 bytes): {path}")
     if backend == "decord":
-        return _decode_decord(path, sampling, cut, size)
+        return _decode_decord(path, sampling, cut, size, scale)
     if backend == "pyav":
-        return _decode_pyav(path, sampling, cut, size)
+        return _decode_pyav(path, sampling, cut, size, scale)
     try:
-        return _decode_decord(path, sampling, cut, size)
+        return _decode_decord(path, sampling, cut, size, scale)
     except ImportError:
-        return _decode_pyav(path, sampling, cut, size)
+        return _decode_pyav(path, sampling, cut, size, scale)
     except Exception as decord_error:  # decord.DECORDError is not a RuntimeError subclass
         from lit_features.data.sampling import ShortClipError
 
         if isinstance(decord_error, ShortClipError):
             raise
         try:
-            return _decode_pyav(path, sampling, cut, size)
+            return _decode_pyav(path, sampling, cut, size, scale)
         except Exception as pyav_error:
             raise DecodeError(
                 f"decord: {type(decord_error).__name__}: {decord_error}; "

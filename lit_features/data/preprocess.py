@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import torch
 
 from lit_features.data.decode_sandbox import DecoderCrashed, DecodeSandbox, DecodeTimeout, RemoteError
+from lit_features.data.decoder_scaling import DecoderScale
 from lit_features.data.media import VIDEO_DECODE_RULES, DecodedVideo
 from lit_features.data.media_cache import MediaCache
 from lit_features.data.sample import Sample
@@ -76,10 +77,16 @@ class MediaLoader:
             self.seconds += time.perf_counter() - started
 
     def video(
-        self, path: str, sampling: FrameSampling, cut: list[float] | None = None, size: tuple[int, int] | None = None
+        self,
+        path: str,
+        sampling: FrameSampling,
+        cut: list[float] | None = None,
+        size: tuple[int, int] | None = None,
+        scale: DecoderScale | None = None,
     ) -> DecodedVideo:
-        """Frames of ``path`` chosen by ``sampling``; ``size`` = (H, W) scales them while decoding."""
-        decoded = self._call("video", path, sampling, cut, self.video_backend, size)
+        """Frames of ``path`` chosen by ``sampling``; ``size`` = (H, W), or the one ``scale`` chooses from the
+        source size, scales them while decoding (:func:`lit_features.data.media.decode_video`)."""
+        decoded = self._call("video", path, sampling, cut, self.video_backend, size, scale)
         self.last_frame = decoded.frames[len(decoded.frames) // 2] if len(decoded.frames) else None
         return decoded
 
@@ -102,6 +109,17 @@ def default_collate(items: list[Any]) -> Any:
     if isinstance(first, dict):
         return {k: default_collate([i[k] for i in items]) for k in first}
     return list(items)
+
+
+#: Options added after stores were made without them, with the default that reproduces those stores: a
+#: fingerprint leaves them out at that default (such stores stay resumable) and records them otherwise (a store
+#: made one way refuses a run made the other, naming the option).
+QUIET_DEFAULTS: dict[str, Any] = {"decoder_scaling": False}
+
+
+def omit_quiet_defaults(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` without the :data:`QUIET_DEFAULTS` options that are at their default."""
+    return {k: v for k, v in params.items() if not (k in QUIET_DEFAULTS and v == QUIET_DEFAULTS[k])}
 
 
 @dataclasses.dataclass
@@ -130,8 +148,16 @@ class Preprocessor:
 
     def params(self) -> dict[str, Any]:
         """Parameters recorded in the store fingerprint."""
-        return {"type": type(self).__qualname__, **dataclasses.asdict(self)}
+        return omit_quiet_defaults({"type": type(self).__qualname__, **dataclasses.asdict(self)})
+
+    def decoder_scale(self) -> DecoderScale | None:
+        """How the decoder may scale this job's video frames while decoding (``None``: never, the default)."""
+        return None
 
     def decode_rules(self) -> dict[str, Any]:
-        """What the store fingerprint records about decoding (nothing when no video is decoded)."""
-        return dict(VIDEO_DECODE_RULES) if self.decodes_video else {}
+        """What the store fingerprint records about decoding (nothing when no video is decoded): the seek rule,
+        and how the decoder scales frames when the job lets it (``scale``)."""
+        if not self.decodes_video:
+            return {}
+        scale = self.decoder_scale()
+        return {**VIDEO_DECODE_RULES, "scale": scale.rule} if scale is not None else dict(VIDEO_DECODE_RULES)

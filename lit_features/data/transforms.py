@@ -9,6 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lit_features.data.decoder_scaling import cover_short_side
+
 NORMALIZATION_PRESETS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
@@ -80,22 +82,6 @@ def resize_then_crop(x: torch.Tensor, size: tuple[int, int], mode: Interpolation
     return center_crop(resize_cover(x, size, mode), size)
 
 
-def cover_short_side(h: int, w: int, size: tuple[int, int], rounding: Literal["floor", "ceil"]) -> tuple[int, int]:
-    """Size that covers ``size`` = (H, W) keeping aspect, with the matched side exactly the target.
-
-    The scale comes from the side that must match (the height when the source is wider than the target, else the
-    width); only the other side is computed, as ``target / matched * other`` in that float order, then truncated
-    (``floor``: MindSpeed-MM's ``shortsideresize``, BindWeave) or rounded up (``ceil``: FlashI2V's fork). Scaling
-    both sides by one factor and rounding each (as :func:`resize_cover` does) can land one pixel off the target:
-    406x720 -> 481x852 instead of 480x852 at 480x832.
-    """
-    th, tw = size
-    other = math.floor if rounding == "floor" else math.ceil
-    if h / w < th / tw:
-        return th, int(other(th / h * w))
-    return int(other(tw / w * h)), tw
-
-
 def crop_to_aspect(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Center-crop ``[..., H, W]`` to the aspect of ``size`` (truncating sizes, offsets rounded half to even)."""
     h, w = x.shape[-2:]
@@ -103,6 +89,10 @@ def crop_to_aspect(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     ch, cw = (int(w * ratio), w) if h / w > ratio else (h, int(h / ratio))
     top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
     return x[..., top : top + ch, left : left + cw]
+
+
+#: How each upstream size rule rounds the side of the covering size it computes (:func:`cover_short_side`).
+UPSTREAM_COVER_ROUNDING: dict[str, Literal["floor", "ceil"]] = {"bindweave": "floor", "flashi2v": "ceil"}
 
 
 def _bilinear_aa(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -121,7 +111,7 @@ def bindweave_resize_crop(frames: torch.Tensor, size: tuple[int, int]) -> torch.
     """
     if frames.dtype != torch.uint8:
         raise TypeError(f"bindweave_resize_crop takes uint8 frames, got {frames.dtype}")
-    covered = _bilinear_aa(frames, cover_short_side(*frames.shape[-2:], size, "floor"))
+    covered = _bilinear_aa(frames, cover_short_side(*frames.shape[-2:], size, UPSTREAM_COVER_ROUNDING["bindweave"]))
     return _bilinear_aa(crop_to_aspect(covered.float() / 255.0, size), size)
 
 
@@ -133,7 +123,7 @@ def flashi2v_resize_crop(frames: torch.Tensor, size: tuple[int, int]) -> torch.T
     """
     if frames.dtype != torch.uint8:
         raise TypeError(f"flashi2v_resize_crop takes uint8 frames, got {frames.dtype}")
-    covered = _bilinear_aa(frames, cover_short_side(*frames.shape[-2:], size, "ceil"))
+    covered = _bilinear_aa(frames, cover_short_side(*frames.shape[-2:], size, UPSTREAM_COVER_ROUNDING["flashi2v"]))
     return center_crop(covered, size).float() / 255.0
 
 

@@ -20,7 +20,7 @@ import lightning.pytorch as pl
 import torch
 
 from lit_features.data.dataset import Batch
-from lit_features.data.preprocess import Preprocessor
+from lit_features.data.preprocess import Preprocessor, omit_quiet_defaults
 from lit_features.errors import UserError
 from lit_features.models.stand_in import is_stand_in
 from lit_features.records import Failure, FeatureRecord, PredictionOutput
@@ -160,9 +160,9 @@ class FeatureExtractor(pl.LightningModule):
     def fingerprint(self) -> dict[str, Any]:
         """Everything that changes the numbers (not output paths, batch size, workers or devices)."""
         # LightningCLI adds private entries (``_class_path``, ``_instantiator``): not part of the numbers.
-        params = {
-            k: v for k, v in dict(self.hparams).items() if k not in self.fingerprint_exclude and not k.startswith("_")
-        }
+        params = omit_quiet_defaults(
+            {k: v for k, v in dict(self.hparams).items() if k not in self.fingerprint_exclude and not k.startswith("_")}
+        )
         weights = weight_identity(self.model_path) if os.path.exists(self.model_path) else {"hub_id": self.model_path}
         return with_decode_rules(
             {

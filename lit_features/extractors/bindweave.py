@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from lit_features.data.dataset import Batch, Prepared
-from lit_features.data.preprocess import EntryError, MediaLoader, Preprocessor
+from lit_features.data.preprocess import EntryError, MediaLoader, Preprocessor, omit_quiet_defaults
 from lit_features.data.sample import Sample
 from lit_features.extractors.base import FeatureExtractor, resolve_dtype, with_decode_rules
 from lit_features.extractors.qwen_hidden import QwenHiddenStates
@@ -121,6 +121,8 @@ class BindWeaveTrainingFeatures(FeatureExtractor):
         max_references: reference images per entry (more is a manifest error).
         exif_transpose: apply reference images' EXIF orientation (``false``: the stored pixels, as BindWeave
             opens images).
+        decoder_scaling: let FFmpeg scale the clip's frames while decoding to the size BindWeave's resize makes
+            of them (the Wan option of the same name; recorded in the store fingerprint when on).
         enable_tiling: encode the clip latent in tiles (BindWeave: on).
         tiling_method: ``mindspeed`` (BindWeave's) or ``diffusers``.
         tile_sample_min_height: tile height in pixels (272 = 34 latent rows).
@@ -152,6 +154,7 @@ class BindWeaveTrainingFeatures(FeatureExtractor):
         max_length: int = 512,
         max_references: int = 4,
         exif_transpose: bool = False,
+        decoder_scaling: bool = False,
         enable_tiling: bool = True,
         tiling_method: Literal["mindspeed", "diffusers"] = "mindspeed",
         tile_sample_min_height: int = 272,
@@ -181,6 +184,7 @@ class BindWeaveTrainingFeatures(FeatureExtractor):
             i2v="reference",
             max_references=max_references,
             exif_transpose=exif_transpose,
+            decoder_scaling=decoder_scaling,
             enable_tiling=enable_tiling,
             tiling_method=tiling_method,
             tile_sample_min_height=tile_sample_min_height,
@@ -220,9 +224,9 @@ class BindWeaveTrainingFeatures(FeatureExtractor):
         return self._preprocessor
 
     def fingerprint(self) -> dict[str, Any]:
-        params = {
-            k: v for k, v in dict(self.hparams).items() if k not in self.fingerprint_exclude and not k.startswith("_")
-        }
+        params = omit_quiet_defaults(
+            {k: v for k, v in dict(self.hparams).items() if k not in self.fingerprint_exclude and not k.startswith("_")}
+        )
         weights = {
             name: weight_identity(part.model_path) if os.path.exists(part.model_path) else {"hub_id": part.model_path}
             for name, part in (("wan", self.wan), ("qwen", self.qwen))

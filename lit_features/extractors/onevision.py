@@ -59,7 +59,7 @@ class OneVisionFeatures(FeatureExtractor):
         dtype: model dtype; features are stored in it.
         preprocess: the other frame and size options, flat (``num_frames``, at most the model's
             ``temporal_slots``; ``short_clip``, ``max_pixels``, ``frame_rounding``: ``round``, the seed README's
-            rule, or ``floor``, the public extraction code's): the fields of
+            rule, or ``floor``, the public extraction code's; ``decoder_scaling``): the fields of
             :class:`~lit_features.extractors.vision_tower.NativeResolutionPreprocessor`, defined there once.
     """
 

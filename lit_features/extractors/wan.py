@@ -103,7 +103,7 @@ class WanTrainingFeatures(FeatureExtractor):
         dtype: compute dtype of the UMT5 text encoder (``bfloat16`` as upstream).
         preprocess: the clip, caption and I2V options, flat (``num_frames``, ``target_fps``, ``height``,
             ``width``, ``size_rule``, ``short_clip``, ``caption_cleaning``, ``max_length``, ``i2v``,
-            ``max_references``, ``exif_transpose``): the fields of
+            ``max_references``, ``exif_transpose``, ``decoder_scaling``): the fields of
             :class:`~lit_features.extractors.wan_inputs.WanVideoPreprocessor`, defined and checked there once.
     """
 
