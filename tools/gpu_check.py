@@ -117,7 +117,8 @@ def clips(count: int) -> list[dict[str, Any]]:
     entries = []
     for r in range(count):
         name, cut = [("v_GGSY1Qvo990.mp4", [r % 10 * 10, 355 - r % 7 * 7]), ("cockatoo.mp4", [r % 10 * 8, 280])][r % 2]
-        entries.append({"path": str(MEDIA / name), "cut": cut, "cap": f"Clip {r} of a sample video."})
+        entry = {"key": f"clip{r:03d}", "path": str(MEDIA / name), "cut": cut, "cap": f"Clip {r} of a sample video."}
+        entries.append(entry)  # cuts repeat every 10 clips: the key keeps them apart
     return entries
 
 
