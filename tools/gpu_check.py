@@ -173,6 +173,8 @@ def run_job(name: str, extractor: Any, entries: list[dict[str, Any]], workers: i
         "waiting_for_data_s": waiting,
         "predict_step_s": step,
         "other_s": loop - waiting - step,
+        # the writer thread's seconds persisting batches (beside the loop; a full queue holds the loop up)
+        "writer_busy_s": getattr(getattr(writer, "_writer", None), "seconds_writing", float("nan")),
         "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0,
     }
 
