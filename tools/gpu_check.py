@@ -117,7 +117,8 @@ def clips(count: int) -> list[dict[str, Any]]:
     entries = []
     for r in range(count):
         name, cut = [("v_GGSY1Qvo990.mp4", [r % 10 * 10, 355 - r % 7 * 7]), ("cockatoo.mp4", [r % 10 * 8, 280])][r % 2]
-        entries.append({"path": str(MEDIA / name), "cut": cut, "cap": f"Clip {r} of a sample video."})
+        entry = {"key": f"clip{r:03d}", "path": str(MEDIA / name), "cut": cut, "cap": f"Clip {r} of a sample video."}
+        entries.append(entry)  # cuts repeat every 10 clips: the key keeps them apart
     return entries
 
 
@@ -172,6 +173,8 @@ def run_job(name: str, extractor: Any, entries: list[dict[str, Any]], workers: i
         "waiting_for_data_s": waiting,
         "predict_step_s": step,
         "other_s": loop - waiting - step,
+        # the writer thread's seconds persisting batches (beside the loop; a full queue holds the loop up)
+        "writer_busy_s": getattr(getattr(writer, "_writer", None), "seconds_writing", float("nan")),
         "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0,
     }
 

@@ -9,6 +9,8 @@ flags such frames ``corrupt``; :func:`is_clean_keyframe` asks PyAV for that flag
 from __future__ import annotations
 
 import bisect
+import os
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -39,8 +41,23 @@ def entry_keyframes(keys: Sequence[int], indices: Sequence[int]) -> list[int]:
     return entries
 
 
+# Answers outlive one decode: clips cut from one long video ask about the same keyframes again, and each probe
+# opens the file and decodes a frame. Keyed by the file's identity (device, inode, size, modification time), so a
+# file replaced or rewritten in place is probed afresh. Bounded: least recently used answers go first.
+_ANSWERS: OrderedDict[tuple[Any, ...], bool] = OrderedDict()
+_MAX_ANSWERS = 65536
+
+
+def _file_identity(path: str) -> tuple[Any, ...] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None  # nothing to key on: probe every time
+    return (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 class KeyframeProbe:
-    """Answers "is keyframe ``k`` a clean random-access point?" for one file (answers cached).
+    """Answers "is keyframe ``k`` a clean random-access point?" for one file (answers cached per process).
 
     Clean means: after a seek to it in a freshly opened file, FFmpeg decodes the keyframe itself (and whatever
     it outputs before it) without flagging a frame corrupt. Freshly opened, because a decoder that has already
@@ -53,12 +70,24 @@ class KeyframeProbe:
     def __init__(self, path: str, timestamps: Callable[[int], Any]):
         self.path = path
         self.timestamps = timestamps  # frame index -> (start, stop) seconds from the stream start (decord's index)
+        self._identity = _file_identity(path)
         self._clean: dict[int, bool] = {}
 
     def is_clean(self, key: int) -> bool:
-        if key not in self._clean:
-            self._clean[key] = self._probe(key)
-        return self._clean[key]
+        if key in self._clean:
+            return self._clean[key]
+        cache_key = None if self._identity is None else (*self._identity, key)
+        if cache_key is not None and cache_key in _ANSWERS:
+            _ANSWERS.move_to_end(cache_key)
+            answer = _ANSWERS[cache_key]
+        else:
+            answer = self._probe(key)
+            if cache_key is not None:
+                _ANSWERS[cache_key] = answer
+                if len(_ANSWERS) > _MAX_ANSWERS:
+                    _ANSWERS.popitem(last=False)
+        self._clean[key] = answer
+        return answer
 
     def _probe(self, key: int) -> bool:
         import av

@@ -23,6 +23,7 @@ from lit_features.errors import UserError
 from lit_features.records import Failure, FeatureRecord, PredictionOutput
 from lit_features.store import layout
 from lit_features.store.codecs import EXTENSIONS, encode
+from lit_features.store.host_copy import HostCopy
 from lit_features.store.state import StoreState
 
 
@@ -87,11 +88,18 @@ class SampleWriter:
         self._thread.start()
 
     # -- producer side (the main thread) --------------------------------------------------------------------------
-    def put(self, prediction: PredictionOutput, routes: dict[str, Any] | None = None, ends: list[Any] = ()) -> None:
+    def put(
+        self,
+        prediction: PredictionOutput,
+        routes: dict[str, Any] | None = None,
+        ends: list[Any] = (),
+        copied: HostCopy | None = None,
+    ) -> None:
         """Queue a batch. With work units, ``routes`` gives each key's route (its unit claim: where its rows
-        go) and ``ends`` the routes this rank has no more samples of after this batch."""
+        go) and ``ends`` the routes this rank has no more samples of after this batch. ``copied``: the
+        batch's device-to-host copies still in flight (waited for before its tensors are read)."""
         self.raise_if_failed()
-        self._queue.put((prediction, routes, list(ends)))
+        self._queue.put((prediction, routes, list(ends), copied))
 
     def _log(self, name: str, route: Any, failures: bool) -> Any:
         fh = self._logs.get((name, route, failures))
@@ -181,8 +189,10 @@ class SampleWriter:
             row["files"] = files
         return row
 
-    def _persist(self, queued: tuple[PredictionOutput, dict[str, Any] | None, list[Any]]) -> None:
-        item, routes, ends = queued
+    def _persist(self, queued: tuple[PredictionOutput, dict[str, Any] | None, list[Any], HostCopy | None]) -> None:
+        item, routes, ends, copied = queued
+        if copied is not None:
+            copied.wait()
         started = time.monotonic()
         rows: dict[str, list] = {name: [] for name in self.stores}
         failures: dict[str, list] = {name: [] for name in self.stores}

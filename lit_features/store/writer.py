@@ -29,6 +29,7 @@ from lit_features.records import Failure, PredictionOutput
 from lit_features.store import layout, run_summary
 from lit_features.store.codecs import EXTENSIONS
 from lit_features.store.exports import export_entries_jsonl, export_run_manifest
+from lit_features.store.host_copy import copy_to_host
 from lit_features.store.lock import StoreLock, StoreNotWritableError
 from lit_features.store.merge import merge_store_logs
 from lit_features.store.opening import open_stores, store_states
@@ -343,11 +344,11 @@ class FeatureWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int,
     ) -> None:
+        copied = None
         if prediction is not None:
             if not isinstance(prediction, PredictionOutput):
                 raise TypeError(f"predict_step must return a PredictionOutput, got {type(prediction).__name__}")
-            for record in prediction.records:  # leave the device here so the thread only touches host memory
-                record.tensors = {k: v.detach().to("cpu") for k, v in record.tensors.items()}
+            copied = copy_to_host(prediction.records)  # the thread waits for the copies, not this one
             assert self._writer is not None
             self._writer.timing["model_s"] += prediction.model_seconds
             self._writer.timing["decode_s"] += prediction.decode_seconds
@@ -355,9 +356,9 @@ class FeatureWriter(BasePredictionWriter):
         if self.units is not None:
             assert self._writer is not None
             routes, ends = self.units.note_batch(batch)
-            self._writer.put(prediction or PredictionOutput([], []), routes, ends)
+            self._writer.put(prediction or PredictionOutput([], []), routes, ends, copied)
         elif prediction is not None:
-            self._writer.put(prediction)
+            self._writer.put(prediction, copied=copied)
         if getattr(trainer, "received_sigterm", False):
             # Lightning notes SIGTERM but its predict loop runs on: stop here (what is queued gets written).
             log.warning("SIGTERM received: stopping; finished samples are kept and a rerun does the rest")

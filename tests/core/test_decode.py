@@ -184,3 +184,34 @@ def test_a_stream_that_cannot_be_decoded_from_its_start_is_a_decode_error(media:
     for backend in ("decord", "pyav"):
         with pytest.raises(DecodeError, match="^frame 0 decodes corrupt"):
             decode_video(str(headless), FrameSampling("uniform", 4), backend=backend)  # type: ignore[arg-type]
+
+
+def test_probe_answers_are_kept_per_file_until_the_file_changes(
+    media: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Clips cut from one video ask about the same keyframes: each is probed once, again only when the file
+    changes (another modification time, size or inode)."""
+    import os
+    import shutil
+
+    probed: list[int] = []
+    real = KeyframeProbe._seek_and_decode
+
+    def counting(self: KeyframeProbe, key: int) -> bool:
+        probed.append(key)
+        return real(self, key)
+
+    monkeypatch.setattr(KeyframeProbe, "_seek_and_decode", counting)
+    path = shutil.copy(media / "cockatoo.mp4", tmp_path / "clip.mp4")
+    r = reader(path)
+    for _ in range(3):  # three decodes of the same file: one probe of each keyframe
+        probe = KeyframeProbe(str(path), r.get_frame_timestamp)
+        assert [probe.is_clean(k) for k in (0, 76, 145)] == [True, False, False]
+    assert probed == [0, 76, 145]
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # rewritten in place
+    assert not KeyframeProbe(str(path), r.get_frame_timestamp).is_clean(76)
+    assert probed == [0, 76, 145, 76]
+    clips = [decode_video(str(path), FrameSampling("uniform", 8), cut, "decord", SMALL) for cut in ([80, 230],) * 2]
+    assert np.array_equal(clips[0].frames, clips[1].frames)
+    assert probed == [0, 76, 145, 76, 0], "the two decodes reuse the answers (0 was new for the changed file)"
