@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["KeyframeProbe", "entry_keyframes", "key_at_or_before"]
+__all__ = ["KeyframeProbe", "entry_keyframes", "file_identity", "key_at_or_before"]
 
 
 def key_at_or_before(keys: Sequence[int], index: int) -> int:
@@ -48,7 +48,8 @@ _ANSWERS: OrderedDict[tuple[Any, ...], bool] = OrderedDict()
 _MAX_ANSWERS = 65536
 
 
-def _file_identity(path: str) -> tuple[Any, ...] | None:
+def file_identity(path: str) -> tuple[Any, ...] | None:
+    """(path, device, inode, size, modification time) of a file, to key answers about it; ``None`` when unknown."""
     try:
         st = os.stat(path)
     except OSError:
@@ -70,7 +71,7 @@ class KeyframeProbe:
     def __init__(self, path: str, timestamps: Callable[[int], Any]):
         self.path = path
         self.timestamps = timestamps  # frame index -> (start, stop) seconds from the stream start (decord's index)
-        self._identity = _file_identity(path)
+        self._identity = file_identity(path)
         self._clean: dict[int, bool] = {}
 
     def is_clean(self, key: int) -> bool:

@@ -7,13 +7,14 @@ what was asked, because PyAV silently returns fewer frames on a truncated file.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
 from lit_features.data.decoder_scaling import DecoderScale
-from lit_features.data.keyframes import KeyframeProbe, entry_keyframes, key_at_or_before
+from lit_features.data.keyframes import KeyframeProbe, entry_keyframes, file_identity, key_at_or_before
 from lit_features.data.sampling import FrameSampling
 
 Backend = Literal["auto", "decord", "pyav"]
@@ -65,7 +66,18 @@ def _frame_rotation(frame: Any) -> int:
 
 def probe_upright_size(path: str) -> tuple[int, int]:
     """Upright (H, W) of a video's frames: its first frame's size, swapped when the display rotation is a quarter
-    turn. One frame is decoded, since PyAV reads the rotation from the frames, not from the stream."""
+    turn. One frame is decoded, since PyAV reads the rotation from the frames, not from the stream. Answers are
+    kept per file (as the keyframe probe's: clips cut from one video ask again), until the file changes."""
+    identity = file_identity(path)
+    return _probe_upright_size(path) if identity is None else _upright_size_of(identity)
+
+
+@functools.lru_cache(maxsize=65536)
+def _upright_size_of(identity: tuple[Any, ...]) -> tuple[int, int]:
+    return _probe_upright_size(identity[0])
+
+
+def _probe_upright_size(path: str) -> tuple[int, int]:
     import av
 
     with av.open(path) as container:

@@ -86,6 +86,28 @@ def test_scaled_frames_are_upright_and_equal_from_both_backends(media: Path, tmp
     assert np.abs(a.frames.astype(float) - expected).mean() < 3.0  # measured: 0 or 1.4; turned wrong: 75
 
 
+def test_the_size_probe_runs_once_per_file_until_the_file_changes(
+    media: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import shutil
+
+    from lit_features.data import media as media_module
+
+    probed: list[str] = []
+    real = media_module._probe_upright_size
+    monkeypatch.setattr(media_module, "_probe_upright_size", lambda path: probed.append(path) or real(path))
+    path = shutil.copy(media / "realshort.mp4", tmp_path / "clip.mp4")
+    rule = WithinPixels(16384)
+    for cut in ([0, 20], [10, 36], [0, 36]):  # clips cut from one video: one probe
+        assert decode_video(str(path), FrameSampling("uniform", 4), cut, "decord", scale=rule).source_size == (240, 320)
+    assert probed == [str(path)]
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # rewritten in place: probed again
+    decode_video(str(path), FrameSampling("uniform", 4), None, "decord", scale=rule)
+    assert probed == [str(path)] * 2
+
+
 # -- the vision tower (quickstart) ------------------------------------------------------------------------------
 def reference_pixels(frames: np.ndarray, max_pixels: int, patch: int, mean, std) -> torch.Tensor:
     """The exact path written out: full-size frames, bicubic (antialiased) to the max_pixels size, bicubic to the
