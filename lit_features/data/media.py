@@ -57,7 +57,9 @@ def _rotate(frames: np.ndarray, rotation: int) -> np.ndarray:
 
 
 def _quarter_turned(rotation: int) -> bool:
-    return (rotation // 90) % 2 == 1
+    """Whether decord turns frames of this display rotation by a quarter (it swaps sides at 90 and 270 degrees
+    clockwise only), i.e. whether their upright size is the stored one swapped."""
+    return -rotation % 360 in (90, 270)
 
 
 def _frame_rotation(frame: Any) -> int:
