@@ -53,3 +53,38 @@ def test_explicit_choices_are_kept(tmp_path, monkeypatch, restore_threads) -> No
     monkeypatch.delenv("OMP_NUM_THREADS")
     _data(tmp_path, CUDAAccelerator()).share_cores_with_workers()  # a GPU computes: host threads untouched
     assert torch.get_num_threads() == 2
+
+
+class _Niceness(torch.utils.data.Dataset):
+    """Each item: the niceness of the worker that made it, and of a process that worker starts (a decoder)."""
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int) -> tuple[int, int]:
+        import os
+        import subprocess
+        import sys
+
+        child = subprocess.run([sys.executable, "-c", "import os; print(os.nice(0))"], capture_output=True, text=True)
+        return os.nice(0), int(child.stdout)
+
+
+def _worker_niceness(data: ManifestDataModule) -> set[tuple[int, int]]:
+    import os
+
+    wired = data.make_loader(list(range(4)), preprocessor=None)  # type: ignore[arg-type]
+    loader = torch.utils.data.DataLoader(
+        _Niceness(), num_workers=2, batch_size=None, worker_init_fn=wired.worker_init_fn
+    )  # the loader's own worker set-up, on items that report where they ran
+    base = os.nice(0)
+    return {(worker - base, child - base) for worker, child in loader}
+
+
+def test_cpu_run_lowers_the_workers_and_their_decoders_below_the_model(tmp_path) -> None:
+    assert _worker_niceness(_data(tmp_path, CPUAccelerator())) == {(10, 10)}
+    assert _worker_niceness(_data(tmp_path, CPUAccelerator(), worker_nice=3)) == {(3, 3)}  # the option wins
+    assert _worker_niceness(_data(tmp_path, CPUAccelerator(), worker_nice=0)) == {(0, 0)}
+    assert _worker_niceness(_data(tmp_path, CUDAAccelerator())) == {(0, 0)}  # the GPU computes: no change
+    with pytest.raises(ValueError, match="worker_nice"):
+        _data(tmp_path, CPUAccelerator(), worker_nice=-5)  # raising priority needs privileges

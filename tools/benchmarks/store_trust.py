@@ -6,6 +6,8 @@
   file), next to loading the model from it cold with ``from_pretrained`` (what every run pays anyway).
 - ``fsync``: samples written by the store's writer thread with ``fsync`` off and on (file fsync + rename +
   folder fsync + index append + index fsync per batch); the difference is the price of durability.
+- ``large writes``: 86 MB samples (a 720p clip's SigLIP tokens) in batches of 2, a batch's files written one
+  after the other and side by side (the writer thread bounded such jobs on a GPU: see the README).
 - ``resume check``: the ``stat`` of every done row's file at start-up (files missing or cut short are redone).
 """
 
@@ -142,6 +144,44 @@ def bench_fsync(tmp: Path, samples: int, batch: int, sample_bytes: int) -> list[
     return rows
 
 
+def bench_parallel_writes(tmp: Path, samples: int, batch: int) -> list[dict[str, Any]]:
+    """Large samples (a 720p clip's SigLIP tokens: 8 x 4641 x 1152 bf16, 86 MB) written with fsync by the
+    store's writer thread, a batch's files one after the other (one write thread) and side by side (default)."""
+    from lit_features.records import FeatureRecord, PredictionOutput
+    from lit_features.store.sample_writer import SampleWriter
+    from lit_features.store.state import StoreState
+
+    tensor = torch.rand(8, 4641, 1152).to(torch.bfloat16)
+    variants = [("one after the other", 1), ("side by side (default)", 8)]
+    seconds: dict[str, list[float]] = {label: [] for label, _ in variants}
+    for round_ in range(3):  # interleaved rounds, median
+        for label, threads in variants:
+            root = tmp / f"parallel-{round_}-{threads}"
+            for folder in ("index", "failures"):
+                (root / folder).mkdir(parents=True)
+            writer = SampleWriter(
+                {"": StoreState(root, {}, {})}, "safetensors", "{shard}/{key}{ext}", 0, lambda k: None, True,
+                write_threads=threads,
+            )  # fmt: skip
+            started = time.perf_counter()
+            for b in range(0, samples, batch):
+                records = [FeatureRecord(f"k{i:06d}", None, {"features": tensor}) for i in range(b, b + batch)]
+                writer.put(PredictionOutput(records, []))
+            writer.close()
+            seconds[label].append(time.perf_counter() - started)
+            shutil.rmtree(root)
+    rows = []
+    for label, times in seconds.items():
+        median = statistics.median(times)
+        rows.append(
+            {"case": f"write {samples} x 86 MB, batch {batch}, fsync on, files {label} (median of 3)",
+             "seconds": median, "ms_per_sample": 1000 * median / samples}
+        )  # fmt: skip
+    ratio = statistics.median(seconds["one after the other"]) / statistics.median(seconds["side by side (default)"])
+    rows.append({"case": "large writes: side by side vs one after the other", "ratio": ratio})
+    return rows
+
+
 def bench_resume_check(tmp: Path, samples: int) -> dict[str, Any]:
     from lit_features.store import layout
     from lit_features.store.state import StoreState
@@ -171,9 +211,10 @@ def run(quick: bool = False) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="lit_features_store_trust_") as name:
         tmp = Path(name)
         fsync = bench_fsync(tmp, 100 if quick else 400, 8, 400_000)  # first: before gigabytes are written back
+        parallel = bench_parallel_writes(tmp, 4 if quick else 16, 2)
         weights = bench_weights(tmp, total)
         resume = bench_resume_check(tmp, 5_000 if quick else 50_000)
-    rows = weights + fsync + [resume]
+    rows = weights + fsync + parallel + [resume]
     by_case = {r["case"]: r for r in rows}
     metrics = {
         "weights_GB": weights[0]["GB"],
@@ -184,5 +225,6 @@ def run(quick: bool = False) -> dict[str, Any]:
         "fsync_ms_per_sample": by_case["fsync cost per sample (all, vs off)"]["ms_per_sample"],
         "fsync_added_ms_per_sample": by_case["added by durable renames + index (vs before)"]["ms_per_sample"],
         "resume_check_ms_per_sample": resume["ms_per_sample"],
+        "large_writes_side_by_side_ratio": parallel[-1]["ratio"],
     }
     return {"rows": rows, "metrics": metrics}
