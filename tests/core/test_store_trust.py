@@ -240,11 +240,15 @@ def test_a_full_disk_fails_the_run_and_the_next_run_retries(tiny_models, media, 
         )
         assert run.returncode == 2, run.stderr[-3000:]
         line = error_line(run.stderr)
-        assert "2 samples could not be written" in line and ("No space left" in line or "too large" in line)
         summary = json.loads((out / "run_summary.json").read_text())
-        assert (summary["written"], summary["failed"], summary["write_failed"]) == (2, 2, 2)
+        # Not all four fit. Which fail depends on the order the last space goes in (a batch's files are written
+        # side by side); every count says the same number, whatever it is.
+        failed = summary["failed"]
+        assert 2 <= failed <= 4 and summary["write_failed"] == failed and summary["written"] == 4 - failed
+        assert f"{failed} samples could not be written" in line and ("No space left" in line or "too large" in line)
         failures = [json.loads(x) for x in (out / "failures.jsonl").read_text().splitlines()]
-        assert sorted(f["stage"] for f in failures) == ["write", "write"]
+        assert [f["stage"] for f in failures] == ["write"] * failed
+        assert len({f["key"] for f in failures} | set(FeatureStore(out).keys())) == 4  # each sample once, somewhere
         assert not any(p.name.endswith(".tmp") for p in out.rglob("*") if p.is_file()), "a partial file was left"
         if mounted:
             subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
