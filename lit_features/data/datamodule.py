@@ -13,6 +13,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from lit_features.data.cpu_sharing import cpu_model_threads, lower_priority, worker_nice_for
 from lit_features.data.dataset import BatchCollator, SampleDataset
 from lit_features.data.decode_sandbox import DecodeSandbox
 from lit_features.data.manifest import ManifestError, build_samples, read_iianet_split, read_manifests
@@ -69,20 +70,6 @@ def assign_to_ranks(costs: Sequence[float], world_size: int, how: Literal["strid
         shares[rank].append(position)
         heapq.heappush(heap, (load + max(float(cost), 0.0), rank))
     return shares
-
-
-DEFAULT_CPU_WORKER_NICE = 10  # weight 110 against the model's 1024 (Linux CFS): the model first, workers in its gaps
-
-
-def lower_priority(nice: int, worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: run this worker (and the decoder processes it starts) ``nice`` lower."""
-    if nice > 0:
-        os.nice(nice)
-
-
-def model_threads_for(cores: int, ranks_on_node: int, workers: int) -> int:
-    """Cores of one rank (the node's cores split over its ranks) less one per DataLoader worker, at least one."""
-    return max(1, cores // max(1, ranks_on_node) - workers)
 
 
 class RankShardSampler(DistributedSampler):
@@ -339,19 +326,12 @@ class ManifestDataModule(pl.LightningDataModule):
             worker_init_fn=functools.partial(lower_priority, self.worker_nice_value()) if workers > 0 else None,
         )
 
-    def worker_nice_value(self) -> int:
-        """How much lower the DataLoader workers (and their decoders) run than the model's process.
+    def _model_on_cpu(self) -> bool:
+        return self.trainer is not None and type(self.trainer.accelerator).__name__ == "CPUAccelerator"
 
-        On a CPU accelerator the model's threads and the workers share the cores. The workers keep batches
-        ahead of the model (``prefetch_factor``), so when both want a core the model should have it: at equal
-        priority the scheduler shares the core, the model's step takes longer, and the workers, whose queue is
-        full, then wait idle (native-resolution quickstart on 2 cores, model-bound: see the README's
-        benchmark). Niceness only orders who runs first; it changes no number.
-        """
-        if self.worker_nice is not None:
-            return self.worker_nice
-        accelerator = type(self.trainer.accelerator).__name__ if self.trainer is not None else ""
-        return DEFAULT_CPU_WORKER_NICE if accelerator == "CPUAccelerator" else 0
+    def worker_nice_value(self) -> int:
+        """Niceness of the DataLoader workers (see :func:`~lit_features.data.cpu_sharing.worker_nice_for`)."""
+        return worker_nice_for(self.worker_nice, self._model_on_cpu())
 
     def predict_dataloader(self) -> DataLoader:
         preprocessor = self._preprocessor()
@@ -375,24 +355,12 @@ class ManifestDataModule(pl.LightningDataModule):
         return self.make_loader(self.dataset, preprocessor, sampler)
 
     def share_cores_with_workers(self) -> None:
-        """On a CPU accelerator, give the model the cores the DataLoader workers leave.
-
-        Each worker decodes and transforms on one core; torch's default of one model thread per core then puts
-        more busy threads than cores on the machine, and intra-op threads that wait for each other at every op
-        stall whenever one of them is descheduled (decode-bound quickstart on 2 cores: ``predict_step`` took
-        2.7x its single-thread CPU time). Thread counts do not change the model's numbers here (checked equal to
-        the seed-style loop's, which runs on every core, by ``tools/benchmarks/core_pipeline.py``).
-        """
-        accelerator = type(self.trainer.accelerator).__name__ if self.trainer is not None else ""
-        if accelerator != "CPUAccelerator":
+        """On a CPU accelerator, give the model the cores the DataLoader workers leave (see
+        :func:`~lit_features.data.cpu_sharing.cpu_model_threads`)."""
+        if not self._model_on_cpu():
             return
-        threads = self.model_threads
-        if threads is None:
-            if "OMP_NUM_THREADS" in os.environ:
-                return  # the user chose
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-            threads = model_threads_for(cores, self.trainer.num_devices, self.num_workers)
-        if threads != torch.get_num_threads():
+        threads = cpu_model_threads(self.model_threads, self.trainer.num_devices, self.num_workers)
+        if threads is not None and threads != torch.get_num_threads():
             log.debug("model threads: %d (cores left by %d DataLoader workers)", threads, self.num_workers)
             self._threads_before = torch.get_num_threads()
             torch.set_num_threads(threads)

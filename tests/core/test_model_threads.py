@@ -9,7 +9,8 @@ import pytest
 import torch
 from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
 
-from lit_features.data.datamodule import ManifestDataModule, model_threads_for
+from lit_features.data.cpu_sharing import model_threads_for
+from lit_features.data.datamodule import ManifestDataModule
 
 
 def test_model_threads_are_the_cores_left_by_the_workers() -> None:

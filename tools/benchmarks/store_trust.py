@@ -91,13 +91,24 @@ def bench_weights(tmp: Path, total_bytes: int) -> list[dict[str, Any]]:
     return rows
 
 
+def _time_writes(writer: Any, tensor: torch.Tensor, samples: int, batch: int) -> float:
+    """Seconds for ``writer`` to persist ``samples`` copies of ``tensor`` put in batches of ``batch``, closed."""
+    from lit_features.records import FeatureRecord, PredictionOutput
+
+    started = time.perf_counter()
+    for b in range(0, samples, batch):
+        records = [FeatureRecord(f"k{i:06d}", None, {"features": tensor}) for i in range(b, min(b + batch, samples))]
+        writer.put(PredictionOutput(records, []))
+    writer.close()
+    return time.perf_counter() - started
+
+
 def bench_fsync(tmp: Path, samples: int, batch: int, sample_bytes: int) -> list[dict[str, Any]]:
     """Three variants of the same writes: no fsync; the sample file only (what the store did before renames
     and index appends were made durable); everything (``--writer.fsync true`` now)."""
     from contextlib import nullcontext
     from unittest import mock
 
-    from lit_features.records import FeatureRecord, PredictionOutput
     from lit_features.store import layout
     from lit_features.store.sample_writer import SampleWriter
     from lit_features.store.state import StoreState
@@ -123,13 +134,7 @@ def bench_fsync(tmp: Path, samples: int, batch: int, sample_bytes: int) -> list[
                 writer = kind(
                     {"": StoreState(root, {}, {})}, "safetensors", "{shard}/{key}{ext}", 0, lambda k: None, fsync
                 )
-                started = time.perf_counter()
-                for b in range(0, samples, batch):
-                    keys = range(b, min(b + batch, samples))
-                    records = [FeatureRecord(f"k{i:06d}", None, {"features": tensor}) for i in keys]
-                    writer.put(PredictionOutput(records, []))
-                writer.close()
-                seconds[label].append(time.perf_counter() - started)
+                seconds[label].append(_time_writes(writer, tensor, samples, batch))
             shutil.rmtree(root)
     rows = []
     for label, times in seconds.items():
@@ -147,7 +152,6 @@ def bench_fsync(tmp: Path, samples: int, batch: int, sample_bytes: int) -> list[
 def bench_parallel_writes(tmp: Path, samples: int, batch: int) -> list[dict[str, Any]]:
     """Large samples (a 720p clip's SigLIP tokens: 8 x 4641 x 1152 bf16, 86 MB) written with fsync by the
     store's writer thread, a batch's files one after the other (one write thread) and side by side (default)."""
-    from lit_features.records import FeatureRecord, PredictionOutput
     from lit_features.store.sample_writer import SampleWriter
     from lit_features.store.state import StoreState
 
@@ -163,12 +167,7 @@ def bench_parallel_writes(tmp: Path, samples: int, batch: int) -> list[dict[str,
                 {"": StoreState(root, {}, {})}, "safetensors", "{shard}/{key}{ext}", 0, lambda k: None, True,
                 write_threads=threads,
             )  # fmt: skip
-            started = time.perf_counter()
-            for b in range(0, samples, batch):
-                records = [FeatureRecord(f"k{i:06d}", None, {"features": tensor}) for i in range(b, b + batch)]
-                writer.put(PredictionOutput(records, []))
-            writer.close()
-            seconds[label].append(time.perf_counter() - started)
+            seconds[label].append(_time_writes(writer, tensor, samples, batch))
             shutil.rmtree(root)
     rows = []
     for label, times in seconds.items():
