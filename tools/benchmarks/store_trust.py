@@ -91,6 +91,24 @@ def bench_weights(tmp: Path, total_bytes: int) -> list[dict[str, Any]]:
     return rows
 
 
+def _empty_store(root: Path) -> Any:
+    """A new store folder with its log folders, as the writer expects to find it."""
+    from lit_features.store.state import StoreState
+
+    for folder in ("index", "failures"):
+        (root / folder).mkdir(parents=True)
+    return StoreState(root, {}, {})
+
+
+def _median_rows(seconds: dict[str, list[float]], samples: int, case: str) -> list[dict[str, Any]]:
+    """One row per variant: the median of its rounds, in seconds and per sample (``case`` formats ``label``)."""
+    rows = []
+    for label, times in seconds.items():
+        median = statistics.median(times)
+        rows.append({"case": case.format(label=label), "seconds": median, "ms_per_sample": 1000 * median / samples})
+    return rows
+
+
 def _time_writes(writer: Any, tensor: torch.Tensor, samples: int, batch: int) -> float:
     """Seconds for ``writer`` to persist ``samples`` copies of ``tensor`` put in batches of ``batch``, closed."""
     from lit_features.records import FeatureRecord, PredictionOutput
@@ -100,6 +118,7 @@ def _time_writes(writer: Any, tensor: torch.Tensor, samples: int, batch: int) ->
         records = [FeatureRecord(f"k{i:06d}", None, {"features": tensor}) for i in range(b, min(b + batch, samples))]
         writer.put(PredictionOutput(records, []))
     writer.close()
+    writer.raise_if_failed()  # a writer that failed on its thread would otherwise time as a fast one
     return time.perf_counter() - started
 
 
@@ -111,13 +130,12 @@ def bench_fsync(tmp: Path, samples: int, batch: int, sample_bytes: int) -> list[
 
     from lit_features.store import layout
     from lit_features.store.sample_writer import SampleWriter
-    from lit_features.store.state import StoreState
 
     class FileFsyncOnly(SampleWriter):
-        def append_rows(self, name: str, rows: list[dict[str, Any]], failures: bool = False) -> None:
+        def append_rows(self, name: str, rows: list[dict[str, Any]], failures: bool = False, **route: Any) -> None:
             self.fsync = False
             try:
-                super().append_rows(name, rows, failures)
+                super().append_rows(name, rows, failures, **route)
             finally:
                 self.fsync = True
 
@@ -127,22 +145,14 @@ def bench_fsync(tmp: Path, samples: int, batch: int, sample_bytes: int) -> list[
     for round_ in range(3):  # interleaved rounds, median: other writers on a shared disk come and go
         for label, kind, fsync in variants:
             root = tmp / f"fsync-{round_}-{len(seconds[label])}-{fsync}-{kind.__name__}"
-            for folder in ("index", "failures"):
-                (root / folder).mkdir(parents=True)
+            store = _empty_store(root)
             patch = mock.patch.object(layout, "fsync_dir", lambda f: None) if kind is FileFsyncOnly else nullcontext()
             with patch:
-                writer = kind(
-                    {"": StoreState(root, {}, {})}, "safetensors", "{shard}/{key}{ext}", 0, lambda k: None, fsync
-                )
+                writer = kind({"": store}, "safetensors", "{shard}/{key}{ext}", 0, lambda k: None, fsync)
                 seconds[label].append(_time_writes(writer, tensor, samples, batch))
             shutil.rmtree(root)
-    rows = []
-    for label, times in seconds.items():
-        median = statistics.median(times)
-        rows.append(
-            {"case": f"write {samples} x {sample_bytes / 1e6:.2g} MB, batch {batch}, fsync {label} (median of 3)",
-             "seconds": median, "ms_per_sample": 1000 * median / samples}
-        )  # fmt: skip
+    size = f"{sample_bytes / 1e6:.2g} MB"
+    rows = _median_rows(seconds, samples, f"write {samples} x {size}, batch {batch}, fsync {{label}} (median of 3)")
     off, before, now = (r["ms_per_sample"] for r in rows)
     rows.append({"case": "fsync cost per sample (all, vs off)", "ms_per_sample": now - off})
     rows.append({"case": "added by durable renames + index (vs before)", "ms_per_sample": now - before})
@@ -153,7 +163,6 @@ def bench_parallel_writes(tmp: Path, samples: int, batch: int) -> list[dict[str,
     """Large samples (a 720p clip's SigLIP tokens: 8 x 4641 x 1152 bf16, 86 MB) written with fsync by the
     store's writer thread, a batch's files one after the other (one write thread) and side by side (default)."""
     from lit_features.store.sample_writer import SampleWriter
-    from lit_features.store.state import StoreState
 
     tensor = torch.rand(8, 4641, 1152).to(torch.bfloat16)
     variants = [("one after the other", 1), ("side by side (default)", 8)]
@@ -161,21 +170,15 @@ def bench_parallel_writes(tmp: Path, samples: int, batch: int) -> list[dict[str,
     for round_ in range(3):  # interleaved rounds, median
         for label, threads in variants:
             root = tmp / f"parallel-{round_}-{threads}"
-            for folder in ("index", "failures"):
-                (root / folder).mkdir(parents=True)
+            store = _empty_store(root)
             writer = SampleWriter(
-                {"": StoreState(root, {}, {})}, "safetensors", "{shard}/{key}{ext}", 0, lambda k: None, True,
-                write_threads=threads,
-            )  # fmt: skip
+                {"": store}, "safetensors", "{shard}/{key}{ext}", 0, lambda k: None, True, write_threads=threads
+            )
             seconds[label].append(_time_writes(writer, tensor, samples, batch))
             shutil.rmtree(root)
-    rows = []
-    for label, times in seconds.items():
-        median = statistics.median(times)
-        rows.append(
-            {"case": f"write {samples} x 86 MB, batch {batch}, fsync on, files {label} (median of 3)",
-             "seconds": median, "ms_per_sample": 1000 * median / samples}
-        )  # fmt: skip
+    rows = _median_rows(
+        seconds, samples, f"write {samples} x 86 MB, batch {batch}, fsync on, files {{label}} (median of 3)"
+    )
     ratio = statistics.median(seconds["one after the other"]) / statistics.median(seconds["side by side (default)"])
     rows.append({"case": "large writes: side by side vs one after the other", "ratio": ratio})
     return rows
