@@ -58,7 +58,7 @@ def rows_per_key(out: Path) -> Counter:
 
 def throttle(proc: subprocess.Popen, out: Path, stop: threading.Event) -> None:
     """Once ``proc`` claims units, run it 20 % of the time: 5x slower (its heartbeat too, well inside the
-    expiry). A slow device, not a slow start-up."""
+    expiry) until ``stop`` is set. A slow device, not a slow start-up."""
     while not stop.is_set() and not holds_a_lease(out, proc.pid):
         time.sleep(0.05)
     try:

@@ -1,8 +1,9 @@
 """A 2-node x 2-process torchrun job (loopback, CPU, gloo; c10d rendezvous, two torchrun invocations) and a
 single-process job on one store at once: no key twice, both jobs did units, readers see all without a merge.
 
-All start together; the manifest is long enough (24 units) that the single job, which starts much faster than
-four ranks meeting through a rendezvous, is still working when the group joins."""
+All start together. The single job starts much faster than four ranks meeting through a rendezvous, and on a
+fast machine could finish all 24 units before the group joins; so from its first unit it runs 5x slower until
+the group holds a lease (a slow device), which makes "both jobs did units" hold on any machine."""
 
 from __future__ import annotations
 
@@ -10,13 +11,31 @@ import json
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from lit_features.store import FeatureStore, layout
 from tests.conftest import REPO_ROOT, cli_env
-from tests.units.test_units_jobs import predict_args, rows_per_key, write_manifest
+from tests.units.test_units_jobs import predict_args, rows_per_key, throttle, write_manifest
+
+
+def group_holds_a_lease(out: Path) -> bool:
+    for lease in out.glob("units/u*/lease.*"):
+        try:
+            if json.loads(lease.read_text()).get("world_size") == 4:
+                return True
+        except ValueError:  # being written
+            continue
+    return False
+
+
+def watch_for_group(out: Path, joined: threading.Event, stop: threading.Event) -> None:
+    while not stop.is_set() and not group_holds_a_lease(out):
+        time.sleep(0.05)
+    joined.set()
 
 
 def free_port() -> int:
@@ -43,10 +62,19 @@ def test_torchrun_group_and_single_job_share_a_store(tiny_models: Path, tmp_path
     procs = []
     for command, log in zip([torchrun, torchrun, single], logs, strict=True):
         with open(log, "w") as sink:
-            procs.append(subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT))
+            procs.append(
+                subprocess.Popen(
+                    command, cwd=REPO_ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+                )
+            )
+    joined, done = threading.Event(), threading.Event()
+    threading.Thread(target=watch_for_group, args=(out, joined, done), daemon=True).start()
+    threading.Thread(target=throttle, args=(procs[2], out, joined), daemon=True).start()
     try:
         codes = [p.wait(timeout=300) for p in procs]
     finally:
+        done.set()
+        joined.set()
         for p in procs:
             if p.poll() is None:
                 p.kill()
