@@ -115,8 +115,9 @@ class ManifestDataModule(pl.LightningDataModule):
         sandbox: decode in a child process (protects the run from decoder hangs and crashes).
         video_backend: ``auto`` (decord, then PyAV), ``decord`` or ``pyav``.
         order: how work is split over ranks. ``balanced`` (default): most expensive first, each sample given
-            to the rank with the least estimated work so far, so ranks finish close together; ``cost``: most
-            expensive first, dealt round-robin; ``manifest``: manifest order, dealt round-robin.
+            to the rank with the least estimated work so far, so ranks finish close together, and each rank goes
+            through its share in manifest order; ``cost``: most expensive first, dealt round-robin, and processed
+            in that order; ``manifest``: manifest order, dealt round-robin.
         limit: only the first ``limit`` samples (after resume filtering), for trial runs.
         media_cache_dir: where DataLoader workers keep local copies of remote media (``s3://``, ``gs://``,
             ``hf://``, ``https://`` sources; default: a temporary folder removed at the end of the run).
@@ -241,8 +242,13 @@ class ManifestDataModule(pl.LightningDataModule):
         """Samples not in ``skip``, in the configured order (deterministic on every rank)."""
         assert self.samples is not None
         todo = [s for s in self.samples if s.key not in skip]
-        if self.order in ("cost", "balanced"):
-            # One estimate per sample (it may stat the file): reused when the work is split over ranks.
+        # ``balanced`` keeps manifest order here: costs only decide which rank takes a sample (rank_share). Going
+        # through a share most expensive first groups alike clips (all the large ones, then all the small), so
+        # the model and the decoders take turns waiting for each other: the quickstart at native resolution,
+        # 48 clips of three videos, took 30.0-30.4 s in manifest order and 30.8-31.4 s cost-sorted
+        # (tools/benchmarks/core_pipeline.py, three alternating runs each).
+        if self.order == "cost":
+            # One estimate per sample (it may stat the file).
             self.costs = {s.key: estimate_cost(s) for s in todo}
             todo.sort(key=lambda s: (-self.costs[s.key], s.key))
         return todo[: self.limit] if self.limit is not None else todo
@@ -271,8 +277,18 @@ class ManifestDataModule(pl.LightningDataModule):
         """Dataset positions this rank processes, from the estimated costs of everything left."""
         if self.order != "balanced":  # costs play no part in a strided split
             return assign_to_ranks([0.0] * len(dataset), world_size, "strided")[rank]
-        costs = [self.costs[s.key] if s.key in self.costs else estimate_cost(s) for s in dataset.samples]
-        return assign_to_ranks(costs, world_size, "greedy")[rank]
+        return self._greedy_shares(dataset.samples, list(range(len(dataset))), world_size)[rank]
+
+    def _greedy_shares(self, samples: list[Sample], positions: list[int], world_size: int) -> list[list[int]]:
+        """``positions`` (into ``samples``) split over ranks, most expensive first to the least loaded rank; each
+        share back in the given order (see :meth:`remaining_samples` for why)."""
+        if world_size == 1:
+            return [list(positions)]
+        self.costs = {samples[i].key: estimate_cost(samples[i]) for i in positions}
+        ranked = sorted(positions, key=lambda i: (-self.costs[samples[i].key], samples[i].key))
+        shares = assign_to_ranks([self.costs[samples[i].key] for i in ranked], world_size, "greedy")
+        order = {p: n for n, p in enumerate(positions)}
+        return [sorted((ranked[j] for j in share), key=order.__getitem__) for share in shares]
 
     def unit_loader(self, preprocessor: Preprocessor) -> DataLoader:
         """A loader over the units this job claims as it goes (see :mod:`lit_features.units.sampling`)."""
@@ -290,17 +306,15 @@ class ManifestDataModule(pl.LightningDataModule):
 
     def split_unit(self, samples: list[Sample], todo: list[int], world_size: int) -> list[list[int]]:
         """Positions of a unit's remaining samples per rank, in the configured order (as without units)."""
+        if self.order == "balanced":
+            return self._greedy_shares(samples, todo, world_size)
         left = [samples[i] for i in todo]
         self.costs = {}
-        if self.order in ("cost", "balanced"):
+        ranked = list(range(len(left)))
+        if self.order == "cost":
             self.costs = {s.key: estimate_cost(s) for s in left}
-            ranked = sorted(range(len(left)), key=lambda j: (-self.costs[left[j].key], left[j].key))
-        else:
-            ranked = list(range(len(left)))
-        if self.order == "balanced":
-            shares = assign_to_ranks([self.costs[left[j].key] for j in ranked], world_size, "greedy")
-        else:
-            shares = assign_to_ranks([0.0] * len(ranked), world_size, "strided")
+            ranked.sort(key=lambda j: (-self.costs[left[j].key], left[j].key))
+        shares = assign_to_ranks([0.0] * len(ranked), world_size, "strided")
         return [[todo[ranked[j]] for j in share] for share in shares]
 
     def make_loader(

@@ -125,9 +125,30 @@ def test_datamodule_splits_what_is_left_exactly_once(tmp_path, order: str) -> No
     flat = [k for keys in per_rank for k in keys]
     assert len(flat) == len(set(flat)) == 14
     assert set(flat) == all_keys - done
-    if order == "balanced":
+    position = {f"clip{i}_mp4": i for i in range(len(entries))}
+    if order == "balanced":  # costs pick the rank; each rank goes through its share in manifest order
+        for keys in per_rank:
+            assert keys == sorted(keys, key=position.__getitem__)
+        assert _loader_keys(1, 0, str(manifest), set(), order) == sorted(all_keys, key=position.__getitem__)
         frames = {f"clip{i}_mp4": e["num_frames"] for i, e in enumerate(entries)}
         loads = [sum(frames[k] for k in keys) for keys in per_rank]
         rr = [_loader_keys(5, r, str(manifest), done, "cost") for r in range(5)]  # round-robin, same data
         rr_loads = [sum(frames[k] for k in keys) for keys in rr]
         assert max(loads) <= max(rr_loads)
+
+
+def test_balanced_unit_split_keeps_manifest_order_within_each_rank() -> None:
+    rng = random.Random(11)
+    samples = [
+        Sample(f"k{i}", f"clip{i}.mp4", {"num_frames": rng.randint(10, 2000), "resolution": {"height": 8, "width": 8}})
+        for i in range(30)
+    ]
+    todo = [i for i in range(30) if i % 7]  # what is left of the unit
+    dm = ManifestDataModule(manifest="unused.json", order="balanced")
+    shares = dm.split_unit(samples, todo, 4)
+    assert sorted(i for share in shares for i in share) == todo
+    assert all(share == sorted(share) for share in shares)
+    loads = [sum(estimate_cost(samples[i]) for i in share) for share in shares]
+    strided = ManifestDataModule(manifest="unused.json", order="manifest").split_unit(samples, todo, 4)
+    assert max(loads) < max(sum(estimate_cost(samples[i]) for i in share) for share in strided)
+    assert dm.split_unit(samples, todo, 1) == [todo]

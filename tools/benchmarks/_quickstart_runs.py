@@ -76,9 +76,9 @@ def run_pipeline(model: Path, manifest: Path, out: Path, max_pixels: int | None,
     phases_file = out.parent / f"{out.name}.phases.json"
     args = [sys.executable, "-m", "lit_features", "predict", "--config", str(ROOT / "configs" / "quickstart.yaml")]
     args += ["--model.model_path", str(model), "--data.manifest", str(manifest), "--writer.output_dir", str(out)]
-    # Manifest order, as the seed loop goes: the default (most expensive first) would leave the costliest clips
-    # out of the steady-state window, which starts at the first finished batch.
-    args += ["--trainer.enable_progress_bar", "false", "--data.order", "manifest"]
+    # Defaults: on one device they go through the clips in manifest order, as the seed loop does, so the steady
+    # state (from the first finished batch) covers the same clips on both sides.
+    args += ["--trainer.enable_progress_bar", "false"]
     args += ["--trainer.callbacks+=tools.benchmarks._phase_clock.PhaseClock", f"--trainer.callbacks.path={phases_file}"]
     args += ["--model.max_pixels", str(max_pixels)] if max_pixels else []
     args += list(extra)

@@ -12,7 +12,7 @@ Rows per variant, all measured in this one run, side by side (the machine may be
   to the pipeline's (``features_equal``), except where the loop's ``get_batch`` seeks to a keyframe that is not
   a clean random-access point and gets wrong frames (checked per such clip; not counted as equal).
 - ``pipeline``: ``python -m lit_features predict --config configs/quickstart.yaml`` in its own process
-  (defaults, except manifest order so both go through the clips in the same order).
+  (defaults; on one device it goes through the clips in manifest order, as the loop does).
 - ``floor``: the CPU-seconds of decoding (one decoder thread), transforms and the model (one torch thread)
   for the same clips, divided by the cores available: what the machine cannot beat.
 ``whole_s`` is the process as a user times it; ``steady_s`` the same number of clips at the rate between
