@@ -68,6 +68,19 @@ def _to_shared_file(raw: memoryview, prefix: str, number: int) -> bytes:
     return path.encode()
 
 
+def _write_all(stream: Any, data: bytes | memoryview) -> None:
+    """Write every byte of ``data`` to ``stream``. An unbuffered pipe (both ends here) may take only part of a
+    write larger than its buffer when a signal arrives meanwhile (a stop and continue, as job control or a
+    scheduler's suspend and resume send): the rest would be lost and the reader would wait for it until the
+    decode timeout, failing a healthy sample."""
+    view = memoryview(data).cast("B")
+    while view.nbytes:
+        written = stream.write(view)
+        if written is None:  # a non-blocking stream without room: not how the sandbox opens its pipes
+            raise BlockingIOError("decoder pipe is full")
+        view = view[written:]
+
+
 def write_message(stream: Any, obj: Any, shared_prefix: str | None = None) -> None:
     """Write ``obj`` as header + pickle + out-of-band buffers (used by both sides).
 
@@ -84,15 +97,15 @@ def write_message(stream: Any, obj: Any, shared_prefix: str | None = None) -> No
                 paths[number] = _to_shared_file(raw, shared_prefix, number)
             except OSError:
                 pass  # this buffer goes through the pipe
-    stream.write(_HEADER.pack(len(payload), len(raws)))
-    stream.write(payload)
+    _write_all(stream, _HEADER.pack(len(payload), len(raws)))
+    _write_all(stream, payload)
     for raw, path in zip(raws, paths):
         if path is not None:
-            stream.write(_BUFFER.pack(len(path), _IN_FILE))
-            stream.write(path)
+            _write_all(stream, _BUFFER.pack(len(path), _IN_FILE))
+            _write_all(stream, path)
         else:
-            stream.write(_BUFFER.pack(raw.nbytes, _IN_PIPE))
-            stream.write(raw)
+            _write_all(stream, _BUFFER.pack(raw.nbytes, _IN_PIPE))
+            _write_all(stream, raw)
     stream.flush()
 
 

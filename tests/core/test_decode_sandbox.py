@@ -1,4 +1,5 @@
-"""The decode sandbox hands frames over through shared memory: the same bytes, not through the pipe, no leftovers."""
+"""The decode sandbox hands frames over through shared memory: the same bytes, not through the pipe, no leftovers;
+and its messages arrive whole when the pipe takes a write in parts (a stopped and continued process)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import glob
 import io
 import mmap
 import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -78,3 +82,68 @@ def test_killed_decoder_leaves_no_shared_memory_files() -> None:
     finally:
         sandbox.kill()
     assert not stray.exists()
+
+
+class _PartialWrites(io.RawIOBase):
+    """A raw stream that takes at most ``limit`` bytes per write, as a pipe does when a signal interrupts a large
+    write (the caller must write the rest)."""
+
+    def __init__(self, limit: int):
+        self.limit, self.data = limit, bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        taken = bytes(memoryview(b).cast("B")[: self.limit])
+        self.data += taken
+        return len(taken)
+
+
+def test_a_message_written_in_parts_arrives_whole(tmp_path: Path) -> None:
+    frames = np.arange(3 * 7000, dtype=np.uint8).reshape(3, 7000)  # through the pipe (below the file threshold)
+    stream = _PartialWrites(limit=997)
+    write_message(stream, {"frames": frames, "text": "ok"})
+    pipe = tmp_path / "pipe"
+    pipe.write_bytes(bytes(stream.data))
+    fd = os.open(pipe, os.O_RDONLY)
+    try:
+        out = read_message(fd)
+    finally:
+        os.close(fd)
+    assert np.array_equal(out["frames"], frames) and out["text"] == "ok"
+
+
+def test_decoder_stopped_and_continued_mid_reply_still_answers(media: Path) -> None:
+    """Two 320x240 frames (460 kB: through the pipe, larger than its buffer) while the decoder child is stopped
+    and continued every few milliseconds, as job control or a scheduler's suspend and resume do. A reply cut
+    short used to leave the worker waiting for the lost bytes until the decode timeout (the sample failed)."""
+    sandbox = DecodeSandbox(timeout_s=20.0)
+    sampling = FrameSampling("uniform", 2)
+    path = str(media / "v_GGSY1Qvo990.mp4")
+    expected = decode_video(path, sampling, None, "auto").frames
+    assert 64 * 1024 < expected.nbytes < SHARED_MEMORY_MIN_BYTES
+    done = threading.Event()
+
+    def stop_and_continue(pid: int) -> None:
+        try:
+            while not done.is_set():
+                try:
+                    os.kill(pid, signal.SIGSTOP)
+                    time.sleep(0.002)
+                finally:
+                    os.kill(pid, signal.SIGCONT)
+                time.sleep(0.001)
+        except ProcessLookupError:  # the sandbox restarted its decoder (what this test must not see)
+            pass
+
+    try:
+        child = sandbox._ensure_child()
+        thread = threading.Thread(target=stop_and_continue, args=(child.pid,), daemon=True)
+        thread.start()
+        for _ in range(30):
+            got = sandbox.call("video", path, sampling, None, "auto")
+            assert np.array_equal(got.frames, expected)
+    finally:
+        done.set()
+        sandbox.kill()
