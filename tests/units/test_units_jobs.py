@@ -1,9 +1,9 @@
 """Several independent jobs on one store, through the real command line (like SLURM array tasks).
 
 Three jobs claim units of one manifest; one is slowed 5x (stopped 80 % of the time), one is killed with
-SIGKILL in the middle of a unit. Every key must be stored exactly once (one index row over all unit logs),
-the killed job's unit finished by another job after taking its lease over, and readers see every key without
-a merge step.
+SIGKILL in the middle of a unit (slowed as well until then, so the middle of a unit is long enough to catch).
+Every key must be stored exactly once (one index row over all unit logs), the killed job's unit finished by
+another job after taking its lease over, and readers see every key without a merge step.
 """
 
 from __future__ import annotations
@@ -36,11 +36,14 @@ def write_manifest(path: Path, n: int) -> list[str]:
 
 def predict_args(tiny_models: Path, manifest: Path, out: Path, unit_size: int | None, expiry: float = 3.0) -> list[str]:
     units = ["--data.unit_size", str(unit_size), "--data.lease_expiry_s", str(expiry)] if unit_size else []
+    # The tests slow jobs down by stopping them (SIGSTOP) most of the time; a decode's deadline is wall time, so
+    # the default one (60 s) could fail a sample of a stopped job on a crowded machine.
+    timeout = ["--data.decode_timeout_s", "600"]
     return [
         "predict", "--config", "configs/quickstart.yaml",
         "--model.model_path", str(tiny_models / "siglip-so400m-patch14-384"), "--model.num_frames", "2",
         "--data.manifest", str(manifest), "--data.num_workers", "0", "--data.batch_size", "1", *units,
-        "--writer.output_dir", str(out), "--trainer.accelerator", "cpu",
+        "--writer.output_dir", str(out), "--trainer.accelerator", "cpu", *timeout,
     ]  # fmt: skip
 
 
@@ -105,7 +108,10 @@ def test_three_jobs_one_slowed_one_killed(tiny_models: Path, tmp_path: Path) -> 
     args = predict_args(tiny_models, manifest, out, unit_size=2)
     jobs = {name: start(args, tmp_path / f"{name}.log") for name in ("full", "slowed", "killed")}
     stop = threading.Event()
-    threading.Thread(target=throttle, args=(jobs["slowed"], out, stop), daemon=True).start()
+    # The job to kill runs slowed too until it is killed: mid-unit (rows of its unit durable, the unit not done)
+    # lasts one sample at full speed, which polling can miss on a fast machine, unit after unit.
+    for name in ("slowed", "killed"):
+        threading.Thread(target=throttle, args=(jobs[name], out, stop), daemon=True).start()
     try:
         deadline = time.monotonic() + 120
         while not unit_in_progress(out, jobs["killed"].pid):
