@@ -8,6 +8,8 @@ the group holds a lease (a slow device), which makes "both jobs did units" hold 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -75,9 +77,9 @@ def test_torchrun_group_and_single_job_share_a_store(tiny_models: Path, tmp_path
     finally:
         done.set()
         joined.set()
-        for p in procs:
+        for p in procs:  # each in its own session: its ranks, workers and decoders go with it
             if p.poll() is None:
-                p.kill()
+                os.killpg(p.pid, signal.SIGKILL)
     assert codes == [0, 0, 0], "\n".join(log.read_text()[-3000:] for log in logs)
     counts = rows_per_key(out)
     assert set(counts) == set(keys) and set(counts.values()) == {1}, counts
