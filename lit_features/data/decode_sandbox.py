@@ -125,18 +125,48 @@ def _from_shared_file(path: str) -> mmap.mmap:
         os.close(fd)
 
 
-def _read_exact(fd: int, size: int, deadline: float | None) -> bytearray:
+class Deadline:
+    """When the decoder must have answered, not counting time this process was not running.
+
+    A job stopped and continued (Ctrl-Z and ``fg``, a scheduler's suspend and resume) or a machine that slept
+    stops the worker's clock-watching too, but not the clock: counted, that time would fail the sample being
+    decoded as a timeout, which a rerun does not retry without ``--writer.retry_failed``. While waiting, the
+    worker looks at the clock at least every ``LOOK_EVERY_S``; a gap of more than ``STALL_S`` beyond that
+    between two looks is time it was stopped, and moves the deadline on. An answer already waiting is read even
+    past the deadline.
+    """
+
+    LOOK_EVERY_S = 1.0
+    STALL_S = 2.0
+
+    def __init__(self, seconds: float):
+        self.last_look = time.monotonic()
+        self.at = self.last_look + seconds
+
+    def wait_readable(self, fd: int) -> None:
+        """Return once ``fd`` has data; :class:`DecodeTimeout` when the deadline passes first."""
+        while True:
+            now = time.monotonic()
+            stopped = now - self.last_look - self.LOOK_EVERY_S
+            if stopped > self.STALL_S:
+                self.at += stopped
+            self.last_look = now
+            remaining = self.at - now
+            ready, _, _ = select.select([fd], [], [], min(max(remaining, 0.0), self.LOOK_EVERY_S))
+            if ready:
+                self.last_look = time.monotonic()
+                return
+            if remaining <= 0:
+                raise DecodeTimeout("decoder timed out")
+
+
+def _read_exact(fd: int, size: int, deadline: Deadline | None) -> bytearray:
     out = bytearray(size)
     view = memoryview(out)
     got = 0
     while got < size:
         if deadline is not None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise DecodeTimeout("decoder timed out")
-            ready, _, _ = select.select([fd], [], [], remaining)
-            if not ready:
-                raise DecodeTimeout("decoder timed out")
+            deadline.wait_readable(fd)
         n = os.readv(fd, [view[got:]])
         if n == 0:
             raise EOFError("decoder pipe closed")
@@ -144,7 +174,7 @@ def _read_exact(fd: int, size: int, deadline: float | None) -> bytearray:
     return out
 
 
-def read_message(fd: int, deadline: float | None = None) -> Any:
+def read_message(fd: int, deadline: Deadline | None = None) -> Any:
     """Read one message written by :func:`write_message` from a raw file descriptor."""
     length, count = _HEADER.unpack(_read_exact(fd, _HEADER.size, deadline))
     payload = _read_exact(fd, length, deadline)
@@ -238,8 +268,9 @@ class DecodeSandbox:
             return MEDIA_FUNCTIONS[function](*args, **kwargs)
         proc = self._ensure_child()
         try:
+            deadline = Deadline(self.timeout_s)
             write_message(proc.stdin, (function, args, kwargs))
-            status, value = read_message(proc.stdout.fileno(), time.monotonic() + self.timeout_s)
+            status, value = read_message(proc.stdout.fileno(), deadline)
         except DecodeTimeout:
             self.kill()
             raise DecodeTimeout(f"decoding took longer than {self.timeout_s:g} s; the decoder was restarted") from None

@@ -1,5 +1,6 @@
 """The decode sandbox hands frames over through shared memory: the same bytes, not through the pipe, no leftovers;
-and its messages arrive whole when the pipe takes a write in parts (a stopped and continued process)."""
+its messages arrive whole when the pipe takes a write in parts, and a worker stopped for longer than the decode
+timeout (a suspended job) does not fail the sample it was waiting for."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import io
 import mmap
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -24,6 +27,7 @@ from lit_features.data.decode_sandbox import (
 )
 from lit_features.data.media import decode_video
 from lit_features.data.sampling import FrameSampling
+from tests.conftest import REPO_ROOT, cli_env
 
 needs_shm = pytest.mark.skipif(not os.access(SHARED_MEMORY_DIR, os.W_OK), reason="no writable /dev/shm")
 
@@ -147,3 +151,37 @@ def test_decoder_stopped_and_continued_mid_reply_still_answers(media: Path) -> N
     finally:
         done.set()
         sandbox.kill()
+
+
+_WAITING_WORKER = """
+import sys
+from lit_features.data.decode_sandbox import DecodeSandbox
+from lit_features.data.sampling import FrameSampling
+sandbox = DecodeSandbox(timeout_s=2.0)
+sandbox._ensure_child()
+sandbox.call("video", sys.argv[1], FrameSampling("uniform", 1), None, "auto")  # the decoder is warm
+print("calling", flush=True)
+got = sandbox.call("video", sys.argv[1], FrameSampling("uniform", 8), None, "auto")
+print("ok", got.frames.shape, flush=True)
+"""
+
+
+def test_a_worker_stopped_past_the_timeout_still_gets_its_answer(media: Path) -> None:
+    """The worker (not its decoder) is stopped for 3.5 s while waiting for a 1280x720 decode, with a 2 s timeout:
+    the time it was stopped does not count, and the answer that arrived meanwhile is read. Counting it failed the
+    sample as a decode timeout (not retried by a rerun without --writer.retry_failed)."""
+    worker = subprocess.Popen(
+        [sys.executable, "-c", _WAITING_WORKER, str(media / "cockatoo.mp4")],
+        cwd=REPO_ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert worker.stdout.readline().strip() == "calling"
+        time.sleep(0.1)  # inside the call, waiting for the decoder
+        os.kill(worker.pid, signal.SIGSTOP)
+        time.sleep(3.5)
+        os.kill(worker.pid, signal.SIGCONT)
+        out, err = worker.communicate(timeout=60)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert worker.returncode == 0 and out.startswith("ok (8, 720, 1280, 3)"), err[-2000:]
