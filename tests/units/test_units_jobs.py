@@ -36,8 +36,9 @@ def write_manifest(path: Path, n: int) -> list[str]:
 
 def predict_args(tiny_models: Path, manifest: Path, out: Path, unit_size: int | None, expiry: float = 3.0) -> list[str]:
     units = ["--data.unit_size", str(unit_size), "--data.lease_expiry_s", str(expiry)] if unit_size else []
-    # The tests slow jobs down by stopping them (SIGSTOP) most of the time; a decode's deadline is wall time, so
-    # the default one (60 s) could fail a sample of a stopped job on a crowded machine.
+    # The tests slow jobs down by stopping them (SIGSTOP) 80 % of the time in stops of 0.2 s, too short to be
+    # told apart from the decoder's own time: a decode takes 5x longer, which the default deadline (60 s) could
+    # fail on a crowded machine.
     timeout = ["--data.decode_timeout_s", "600"]
     return [
         "predict", "--config", "configs/quickstart.yaml",
