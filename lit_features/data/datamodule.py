@@ -6,7 +6,7 @@ import functools
 import heapq
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -49,6 +49,13 @@ def estimate_cost(sample: Sample) -> float:
     except OSError:
         return 0.0
     return size * min(frames / total, 1.0) if cut is not None and total else size
+
+
+def most_expensive_first(samples: Sequence[Sample], positions: Iterable[int]) -> tuple[list[int], dict[int, float]]:
+    """``positions`` (into ``samples``) sorted by estimated cost, largest first (ties by key: the same order on
+    every rank), and each one's cost. One estimate per sample: it may stat the file."""
+    costs = {i: estimate_cost(samples[i]) for i in positions}
+    return sorted(costs, key=lambda i: (-costs[i], samples[i].key)), costs
 
 
 def assign_to_ranks(costs: Sequence[float], world_size: int, how: Literal["strided", "greedy"]) -> list[list[int]]:
@@ -189,7 +196,6 @@ class ManifestDataModule(pl.LightningDataModule):
         self._threads_before: int | None = None
         self.samples: list[Sample] | None = None
         self.dataset: SampleDataset | None = None
-        self.costs: dict[str, float] = {}
         # Fewer samples left than ranks is normal on resume: such a rank runs no batch (the writer still merges).
         self.allow_zero_length_dataloader_with_multiple_devices = True
 
@@ -248,9 +254,7 @@ class ManifestDataModule(pl.LightningDataModule):
         # 48 clips of three videos, took 30.0-30.4 s in manifest order and 30.8-31.4 s cost-sorted
         # (tools/benchmarks/core_pipeline.py, three alternating runs each).
         if self.order == "cost":
-            # One estimate per sample (it may stat the file).
-            self.costs = {s.key: estimate_cost(s) for s in todo}
-            todo.sort(key=lambda s: (-self.costs[s.key], s.key))
+            todo = [todo[i] for i in most_expensive_first(todo, range(len(todo)))[0]]
         return todo[: self.limit] if self.limit is not None else todo
 
     def build_dataset(
@@ -284,9 +288,8 @@ class ManifestDataModule(pl.LightningDataModule):
         share back in the given order (see :meth:`remaining_samples` for why)."""
         if world_size == 1:
             return [list(positions)]
-        self.costs = {samples[i].key: estimate_cost(samples[i]) for i in positions}
-        ranked = sorted(positions, key=lambda i: (-self.costs[samples[i].key], samples[i].key))
-        shares = assign_to_ranks([self.costs[samples[i].key] for i in ranked], world_size, "greedy")
+        ranked, costs = most_expensive_first(samples, positions)
+        shares = assign_to_ranks([costs[i] for i in ranked], world_size, "greedy")
         order = {p: n for n, p in enumerate(positions)}
         return [sorted((ranked[j] for j in share), key=order.__getitem__) for share in shares]
 
@@ -308,14 +311,9 @@ class ManifestDataModule(pl.LightningDataModule):
         """Positions of a unit's remaining samples per rank, in the configured order (as without units)."""
         if self.order == "balanced":
             return self._greedy_shares(samples, todo, world_size)
-        left = [samples[i] for i in todo]
-        self.costs = {}
-        ranked = list(range(len(left)))
-        if self.order == "cost":
-            self.costs = {s.key: estimate_cost(s) for s in left}
-            ranked.sort(key=lambda j: (-self.costs[left[j].key], left[j].key))
+        ranked = most_expensive_first(samples, todo)[0] if self.order == "cost" else list(todo)
         shares = assign_to_ranks([0.0] * len(ranked), world_size, "strided")
-        return [[todo[ranked[j]] for j in share] for share in shares]
+        return [[ranked[j] for j in share] for share in shares]
 
     def make_loader(
         self, dataset: SampleDataset, preprocessor: Preprocessor, sampler: DistributedSampler | None = None

@@ -29,7 +29,7 @@ def copy_to_host(records: list[FeatureRecord]) -> HostCopy:
     the writer thread (which reads the tensors) when they are complete. The device memory stays valid: later
     work on the same stream runs after the copy. Other devices keep the blocking copy.
     """
-    event = None
+    device = None  # the CUDA device copied from last
     for record in records:
         moved = {}
         for name, tensor in record.tensors.items():
@@ -40,7 +40,10 @@ def copy_to_host(records: list[FeatureRecord]) -> HostCopy:
             host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
             host.copy_(tensor, non_blocking=True)
             moved[name] = host
-            event = torch.cuda.Event()
-            event.record(torch.cuda.current_stream(tensor.device))  # the last one recorded covers all copies
+            device = tensor.device
         record.tensors = moved
+    if device is None:
+        return HostCopy()
+    event = torch.cuda.Event()
+    event.record(torch.cuda.current_stream(device))  # after every copy queued on that stream
     return HostCopy(event)

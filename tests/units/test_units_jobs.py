@@ -78,9 +78,14 @@ def throttle(proc: subprocess.Popen, out: Path, stop: threading.Event) -> None:
 
 
 def holds_a_lease(out: Path, pid: int) -> bool:
+    return a_lease_says(out, "pid", pid)
+
+
+def a_lease_says(out: Path, field: str, value: object) -> bool:
+    """Whether any unit's lease has ``field`` equal to ``value`` (a lease being written reads as nothing)."""
     for lease in out.glob("units/u*/lease.*"):
         try:
-            if json.loads(lease.read_text()).get("pid") == pid:
+            if json.loads(lease.read_text()).get(field) == value:
                 return True
         except ValueError:
             continue

@@ -21,21 +21,11 @@ import pytest
 
 from lit_features.store import FeatureStore, layout
 from tests.conftest import REPO_ROOT, cli_env
-from tests.units.test_units_jobs import predict_args, rows_per_key, throttle, write_manifest
-
-
-def group_holds_a_lease(out: Path) -> bool:
-    for lease in out.glob("units/u*/lease.*"):
-        try:
-            if json.loads(lease.read_text()).get("world_size") == 4:
-                return True
-        except ValueError:  # being written
-            continue
-    return False
+from tests.units.test_units_jobs import a_lease_says, predict_args, rows_per_key, throttle, write_manifest
 
 
 def watch_for_group(out: Path, joined: threading.Event, stop: threading.Event) -> None:
-    while not stop.is_set() and not group_holds_a_lease(out):
+    while not stop.is_set() and not a_lease_says(out, "world_size", 4):
         time.sleep(0.05)
     joined.set()
 
