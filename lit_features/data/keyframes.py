@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["KeyframeProbe", "entry_keyframes", "file_identity", "key_at_or_before"]
+__all__ = ["KeyframeProbe", "entry_keyframes", "file_identity", "key_at_or_before", "seek_to_keyframe"]
 
 
 def key_at_or_before(keys: Sequence[int], index: int) -> int:
@@ -39,6 +39,16 @@ def entry_keyframes(keys: Sequence[int], indices: Sequence[int]) -> list[int]:
             entries.append(key)
         current = index + 1
     return entries
+
+
+def seek_to_keyframe(container: Any, stream: Any, timestamps: Sequence[float]) -> None:
+    """Seek a PyAV ``container`` so decoding starts at the keyframe decord times at ``timestamps`` = (start,
+    stop) seconds from the stream start. Aimed half a frame past its start: the demuxer goes to the last
+    keyframe at or before that point, which is this one when it is in the index."""
+    start, stop = (float(t) for t in timestamps)
+    half = max((stop - start) / 2, 1e-6)
+    origin = stream.start_time or 0
+    container.seek(origin + int(round((start + half) / float(stream.time_base))), stream=stream, backward=True)
 
 
 # Answers outlive one decode: clips cut from one long video ask about the same keyframes again, and each probe
@@ -108,8 +118,7 @@ class KeyframeProbe:
             stream.codec_context.thread_count = 1  # one frame is wanted: no frame-thread pipeline to fill
             base = float(stream.time_base)
             origin = stream.start_time or 0
-            # Aim half a frame past the keyframe's start: the demuxer seeks to the last keyframe at or before it.
-            container.seek(origin + int(round((start + half) / base)), stream=stream, backward=True)
+            seek_to_keyframe(container, stream, (start, stop))
             for frame in container.decode(stream):
                 if frame.pts is None or frame.is_corrupt:
                     return False

@@ -16,6 +16,7 @@ import numpy as np
 from lit_features.data.decoder_scaling import DecoderScale
 from lit_features.data.keyframes import KeyframeProbe, entry_keyframes, file_identity, key_at_or_before
 from lit_features.data.sampling import FrameSampling
+from lit_features.data.sparse_decode import NotSparse, read_sparse
 
 Backend = Literal["auto", "decord", "pyav"]
 
@@ -113,7 +114,7 @@ def _decode_decord(
     unique = sorted(set(indices))
     if unique and unique[-1] >= total:
         raise DecodeError(f"asked for frame {unique[-1]} but the video has {total} frames")
-    frames = _read_decord(path, reader, unique)
+    frames = _read_decord(path, reader, unique, size)
     if frames.shape[0] != len(unique):
         raise DecodeError(f"decord returned {frames.shape[0]} frames, {len(unique)} were asked for")
     lookup = {idx: pos for pos, idx in enumerate(unique)}
@@ -123,15 +124,25 @@ def _decode_decord(
     return DecodedVideo(frames, indices, total, fps, padded, "decord", source_size=upright)
 
 
-def _read_decord(path: str, reader: Any, unique: list[int]) -> np.ndarray:
-    """Frames ``unique`` (sorted) as ``get_batch`` gives them when every keyframe it would seek to is a clean
-    random-access point; otherwise decoded forward, frame after frame, from the last clean keyframe at or before
-    the first of them, so no seek lands on a keyframe that gives corrupt frames (see :mod:`.keyframes`)."""
+def _read_decord(path: str, reader: Any, unique: list[int], size: tuple[int, int] | None = None) -> np.ndarray:
+    """Frames ``unique`` (sorted, decord's index) as decord gives them (at ``size`` when the reader scales):
+    decoded by PyAV without the frames nothing needs where that gives decord's frames bit for bit
+    (:mod:`.sparse_decode`), else read by decord (:func:`_read_with_decord`)."""
     if not unique:
         return reader.get_batch(unique).asnumpy()
     keys = [int(k) for k in reader.get_key_indices()]
-    entries = [0, *entry_keyframes(keys, unique)]  # decord starts decoding at frame 0
     probe = KeyframeProbe(path, reader.get_frame_timestamp)
+    try:
+        return read_sparse(path, reader, unique, keys, probe, size).frames
+    except NotSparse:
+        return _read_with_decord(path, reader, unique, keys, probe)
+
+
+def _read_with_decord(path: str, reader: Any, unique: list[int], keys: list[int], probe: KeyframeProbe) -> np.ndarray:
+    """Frames ``unique`` (sorted) as ``get_batch`` gives them when every keyframe it would seek to is a clean
+    random-access point; otherwise decoded forward, frame after frame, from the last clean keyframe at or before
+    the first of them, so no seek lands on a keyframe that gives corrupt frames (see :mod:`.keyframes`)."""
+    entries = [0, *entry_keyframes(keys, unique)]  # decord starts decoding at frame 0
     if all(probe.is_clean(key) for key in entries):
         return reader.get_batch(unique).asnumpy()
     start = key_at_or_before(keys, unique[0])
