@@ -145,8 +145,28 @@ def check_equal(manifest: Path, store_dir: Path, seed_dir: Path) -> int:
     return equal
 
 
-def seconds_to_import(modules: str) -> float:
-    """Whole-process seconds of ``python -c "import <modules>"`` (interpreter start included)."""
+def decoder_cpu_seconds(manifest: Path) -> float:
+    """CPU seconds of the job's decoder (:func:`~lit_features.data.media.decode_video`, one thread) over the
+    manifest's clips, in a fresh process (imports and a first open outside the timing)."""
+    code = (
+        "import json, sys, time\n"
+        "from lit_features.data.media import decode_video\n"
+        "from lit_features.data.sampling import FrameSampling\n"
+        "clips = json.load(open(sys.argv[1]))\n"
+        "decode_video(clips[0]['path'], FrameSampling('uniform', 8), clips[0]['cut'])\n"
+        "started = time.process_time()\n"
+        "for c in clips:\n"
+        "    decode_video(c['path'], FrameSampling('uniform', 8), c['cut'])\n"
+        "print(time.process_time() - started)\n"
+    )
+    env = _env() | {"OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-c", code, str(manifest)]
+    proc = subprocess.run(args, check=True, env=env, capture_output=True, text=True)
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
+def seconds_to_import(statement: str) -> float:
+    """Whole-process seconds of ``python -c "<statement>"`` (interpreter start included)."""
     started = time.time()
-    subprocess.run([sys.executable, "-c", f"import {modules}"], check=True, env=_env())
+    subprocess.run([sys.executable, "-c", statement], check=True, env=_env())
     return time.time() - started
