@@ -1,5 +1,8 @@
 """Decoding: videos with decord (PyAV as fallback), images with PIL, frame arrays from ``.npz``.
 
+On the decord path, decord's index numbers the frames and H.264/HEVC clips are decoded by PyAV without the
+frames nothing needs (:mod:`lit_features.data.sparse_decode`: decord's frames bit for bit).
+
 These functions run inside the decode sandbox child process (see :mod:`lit_features.data.decode_sandbox`),
 so a decoder that hangs or crashes cannot take the run down. Every decoded frame count is checked against
 what was asked, because PyAV silently returns fewer frames on a truncated file.
