@@ -22,6 +22,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lit_features import child_ranks
 from lit_features.accelerators import resolve_trainer_flags
 from lit_features.dashboards import LiveExtractionMetrics, RunIdentity
+from lit_features.data.cpu_sharing import ModelThreadsFollowData
 from lit_features.errors import CommandLineError, ConfigError, UserError, describe_parse_error, find_user_error
 from lit_features.predict_report import RunReport, SampleRateProgressBar
 from lit_features.store.writer import FeatureWriter
@@ -43,13 +44,16 @@ class FeatureTrainer(Trainer):
     ``accelerator="npu"`` (Ascend, when ``torch_npu`` is installed): the NPU accelerator, strategy and
     precision are filled in by :func:`lit_features.accelerators.resolve_trainer_flags`. In a multi-device run
     on one node, rank 0 watches the ranks Lightning launches and reports their errors
-    (:mod:`lit_features.child_ranks`).
+    (:mod:`lit_features.child_ranks`). With the model on the CPU, its threads follow the data
+    (:class:`~lit_features.data.cpu_sharing.ModelThreadsFollowData`).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs = resolve_trainer_flags(kwargs)
         callbacks = kwargs.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+        if not any(isinstance(c, ModelThreadsFollowData) for c in callbacks):
+            callbacks.append(ModelThreadsFollowData())  # does nothing unless the model shares the CPU
         if not any(isinstance(c, RunReport) for c in callbacks):
             # After the writer (its last line reads the writer's run summary), before the progress bar (its
             # first line comes before the bar).

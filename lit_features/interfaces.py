@@ -12,7 +12,9 @@ here what it offers and what it reads, instead of probing the other with ``hasat
 * the module whose outputs are stored (every extractor) says what identifies its features as
   :class:`StoreSubject`, and hands the data side its preprocessing as :class:`PreprocessorProvider`;
 * an extractor whose upstream writes a per-model report (the VFM jobs) describes its models as
-  :class:`ReportsModels`; the writer writes the report once the store is complete.
+  :class:`ReportsModels`; the writer writes the report once the store is complete;
+* on a CPU accelerator, the DataModule says how many threads the model may use beside its workers as
+  :class:`SharesCores`; :class:`~lit_features.data.cpu_sharing.ModelThreadsFollowData` picks within that range.
 """
 
 from __future__ import annotations
@@ -108,6 +110,14 @@ def run_units(trainer: Any) -> Any:
 def unit_stores(trainer: Any) -> list[UnitStore]:
     """The trainer's callbacks that keep a store in units (normally the one feature writer)."""
     return [c for c in trainer.callbacks if isinstance(c, UnitStore)]
+
+
+@runtime_checkable
+class SharesCores(Protocol):
+    """A DataModule whose workers share the CPU with the model: the model's threads (fewest, most) it chose,
+    ``None`` when it did not choose (a device accelerator, ``model_threads`` given, ``OMP_NUM_THREADS`` set)."""
+
+    model_thread_range: tuple[int, int] | None
 
 
 def run_samples(trainer: Any) -> Sequence[Any] | None:

@@ -13,7 +13,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from lit_features.data.cpu_sharing import cpu_model_threads, lower_priority, worker_nice_for
+from lit_features.data.cpu_sharing import cpu_model_threads, lower_priority, rank_cores, worker_nice_for
 from lit_features.data.dataset import BatchCollator, SampleDataset
 from lit_features.data.decode_sandbox import DecodeSandbox
 from lit_features.data.manifest import ManifestError, build_samples, read_iianet_split, read_manifests
@@ -194,6 +194,7 @@ class ManifestDataModule(pl.LightningDataModule):
         self.model_threads = model_threads
         self.worker_nice = worker_nice
         self._threads_before: int | None = None
+        self.model_thread_range: tuple[int, int] | None = None  # SharesCores: set when the model is on the CPU
         self.samples: list[Sample] | None = None
         self.dataset: SampleDataset | None = None
         # Fewer samples left than ranks is normal on resume: such a rank runs no batch (the writer still merges).
@@ -372,6 +373,9 @@ class ManifestDataModule(pl.LightningDataModule):
         if not self._model_on_cpu():
             return
         threads = cpu_model_threads(self.model_threads, self.trainer.num_devices, self.num_workers)
+        if threads is not None and self.model_threads is None:  # chosen here: up to the rank's cores when idle
+            most = rank_cores(self.trainer.num_devices)
+            self.model_thread_range = (threads, most) if most > threads else None
         if threads is not None and threads != torch.get_num_threads():
             log.debug("model threads: %d (cores left by %d DataLoader workers)", threads, self.num_workers)
             self._threads_before = torch.get_num_threads()
@@ -380,6 +384,7 @@ class ManifestDataModule(pl.LightningDataModule):
     def teardown(self, stage: str) -> None:
         # The process may go on computing without the workers (a notebook, a benchmark): its threads come back.
         before, self._threads_before = self._threads_before, None
+        self.model_thread_range = None
         if before is not None:
             torch.set_num_threads(before)
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
 
-from lit_features.data.cpu_sharing import model_threads_for
+from lit_features.data.cpu_sharing import ModelThreadsFollowData, model_threads_for
 from lit_features.data.datamodule import ManifestDataModule
 
 
@@ -39,21 +39,60 @@ def test_cpu_run_gives_the_model_the_cores_the_workers_leave(tmp_path, monkeypat
     data = _data(tmp_path, CPUAccelerator())
     data.share_cores_with_workers()
     assert torch.get_num_threads() == 4
+    assert data.model_thread_range == (4, 6)  # all six while the workers have nothing to do
     data.teardown("predict")  # the process may go on computing without the workers
-    assert torch.get_num_threads() == 6
+    assert torch.get_num_threads() == 6 and data.model_thread_range is None
 
 
 def test_explicit_choices_are_kept(tmp_path, monkeypatch, restore_threads) -> None:
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(6)), raising=False)
     torch.set_num_threads(3)
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user chose
-    _data(tmp_path, CPUAccelerator()).share_cores_with_workers()
-    assert torch.get_num_threads() == 3
-    _data(tmp_path, CPUAccelerator(), model_threads=2).share_cores_with_workers()  # the option wins
-    assert torch.get_num_threads() == 2
+    chosen = _data(tmp_path, CPUAccelerator())
+    chosen.share_cores_with_workers()
+    assert torch.get_num_threads() == 3 and chosen.model_thread_range is None
+    explicit = _data(tmp_path, CPUAccelerator(), model_threads=2)
+    explicit.share_cores_with_workers()  # the option wins
+    assert torch.get_num_threads() == 2 and explicit.model_thread_range is None
     monkeypatch.delenv("OMP_NUM_THREADS")
-    _data(tmp_path, CUDAAccelerator()).share_cores_with_workers()  # a GPU computes: host threads untouched
-    assert torch.get_num_threads() == 2
+    gpu = _data(tmp_path, CUDAAccelerator())
+    gpu.share_cores_with_workers()  # a GPU computes: host threads untouched
+    assert torch.get_num_threads() == 2 and gpu.model_thread_range is None
+
+
+def _steps(follow: ModelThreadsFollowData, clock: list[float], steps: list[tuple[float, float]]) -> list[int]:
+    """Run batches of (wait for the batch, step) seconds on the fake ``clock``; the model's threads during each."""
+    seen = []
+    for wait, step in steps:
+        clock[0] += wait
+        follow.on_predict_batch_start(None, None)
+        seen.append(torch.get_num_threads())
+        clock[0] += step
+        follow.on_predict_batch_end(None, None)
+    return seen
+
+
+def test_the_model_takes_the_idle_workers_cores_while_batches_wait_for_it(
+    tmp_path, monkeypatch, restore_threads
+) -> None:
+    clock = [100.0]
+    monkeypatch.setattr("lit_features.data.cpu_sharing.time.perf_counter", lambda: clock[0])
+    data = _data(tmp_path, CPUAccelerator())
+    data.model_thread_range = (1, 3)
+    follow = ModelThreadsFollowData()
+    follow.on_predict_start(SimpleNamespace(datamodule=data), None)
+    torch.set_num_threads(1)
+    # Model-bound: each batch ready at once (the loop's own 10 ms), 1 s steps -> every core from the third on.
+    assert _steps(follow, clock, [(0.5, 1.0), (0.01, 1.0), (0.01, 1.0), (0.01, 1.0)]) == [1, 1, 3, 3]
+    # The model waits for a batch -> back to the cores the workers leave.
+    assert _steps(follow, clock, [(0.3, 0.04)]) == [1]
+    # Decode-bound, two workers finishing together: every other batch is ready, yet the workers are busy.
+    assert _steps(follow, clock, [(0.005, 0.04), (0.3, 0.04)] * 3) == [1] * 6
+    # A DataModule that did not choose (explicit threads, a GPU): nothing changes.
+    data.model_thread_range = None
+    follow.on_predict_start(SimpleNamespace(datamodule=data), None)
+    torch.set_num_threads(2)
+    assert _steps(follow, clock, [(0.5, 1.0), (0.001, 1.0), (0.001, 1.0), (0.3, 0.04)]) == [2, 2, 2, 2]
 
 
 class _Niceness(torch.utils.data.Dataset):
