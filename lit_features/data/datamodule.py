@@ -138,7 +138,9 @@ class ManifestDataModule(pl.LightningDataModule):
         wait_for_units: with units, a job with nothing left to claim waits for the units other live jobs hold
             (taking them over if their job dies) instead of ending.
         model_threads: torch threads of the model on a CPU accelerator (``None``: the cores this rank's
-            DataLoader workers leave, at least one, unless ``OMP_NUM_THREADS`` is set; not used on GPUs).
+            DataLoader workers leave, at least one, and all of the rank's cores while the workers sit idle, see
+            :class:`~lit_features.data.cpu_sharing.ModelThreadsFollowData`; unless ``OMP_NUM_THREADS`` is set;
+            not used on GPUs).
         worker_nice: niceness added to the DataLoader workers and their decoder processes, so the model is not
             slowed by the workers that feed it (``None``: 10 on a CPU accelerator, where they share the cores,
             0 elsewhere; 0 turns it off). Changes no feature.
