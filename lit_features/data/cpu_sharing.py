@@ -72,7 +72,7 @@ class ModelThreadsFollowData(Callback):
 
     The fewest threads suit a decode-bound job (the workers are busy; an intra-op thread they deschedule stalls
     every op). In a model-bound job the workers' queue is full and they sit idle, so the model may use their
-    cores too (native-resolution quickstart on 2 cores, 2 workers: 29.0-29.8 -> 27.0-27.7 s). The sign: the
+    cores too (native-resolution quickstart on 2 cores, 2 workers: 29.6-29.8 -> 28.4-28.6 s). The sign: the
     last two batches were ready when the model asked (a wait under 5 % of the step before, at least 30 ms: the
     loop's own work between steps). One ready batch is not enough: workers that finish together hand over a
     second batch at once while they are all busy again (decode-bound: every other batch). Any real wait goes
@@ -88,12 +88,20 @@ class ModelThreadsFollowData(Callback):
         self.step_started: float | None = None
         self.step_ended: float | None = None
         self.ready_run = 0
+        self.threads_at_start = torch.get_num_threads()
 
     def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
         data = trainer.datamodule
         self.range = data.model_thread_range if isinstance(data, SharesCores) else None
         self.step_started = self.step_ended = None
         self.ready_run = 0
+        self.threads_at_start = torch.get_num_threads()
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        # Back to where the run started (the DataModule then restores what it changed), on errors too.
+        if self.range is not None and torch.get_num_threads() != self.threads_at_start:
+            torch.set_num_threads(self.threads_at_start)
+        self.range = None
 
     def on_predict_batch_start(self, trainer: Any, pl_module: Any, *args: Any, **kwargs: Any) -> None:
         now = time.perf_counter()

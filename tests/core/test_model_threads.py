@@ -80,14 +80,17 @@ def test_the_model_takes_the_idle_workers_cores_while_batches_wait_for_it(
     data = _data(tmp_path, CPUAccelerator())
     data.model_thread_range = (1, 3)
     follow = ModelThreadsFollowData()
+    torch.set_num_threads(1)  # as the DataModule set it before the run's first hook
     follow.on_predict_start(SimpleNamespace(datamodule=data), None)
-    torch.set_num_threads(1)
     # Model-bound: each batch ready at once (the loop's own 10 ms), 1 s steps -> every core from the third on.
     assert _steps(follow, clock, [(0.5, 1.0), (0.01, 1.0), (0.01, 1.0), (0.01, 1.0)]) == [1, 1, 3, 3]
     # The model waits for a batch -> back to the cores the workers leave.
     assert _steps(follow, clock, [(0.3, 0.04)]) == [1]
     # Decode-bound, two workers finishing together: every other batch is ready, yet the workers are busy.
     assert _steps(follow, clock, [(0.005, 0.04), (0.3, 0.04)] * 3) == [1] * 6
+    assert _steps(follow, clock, [(0.01, 1.0), (0.01, 1.0)]) == [1, 3]
+    follow.teardown(None, None, "predict")  # the run ends: threads as it found them
+    assert torch.get_num_threads() == 1
     # A DataModule that did not choose (explicit threads, a GPU): nothing changes.
     data.model_thread_range = None
     follow.on_predict_start(SimpleNamespace(datamodule=data), None)
