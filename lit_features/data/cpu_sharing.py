@@ -14,19 +14,19 @@ from lit_features.interfaces import SharesCores
 DEFAULT_CPU_WORKER_NICE = 10  # weight 110 against the model's 1024 (Linux CFS): the model first, workers in its gaps
 
 
-def model_threads_for(cores: int, ranks_on_node: int, workers: int) -> int:
-    """Cores of one rank (the node's cores split over its ranks) less one per DataLoader worker, at least one."""
-    return max(1, cores // max(1, ranks_on_node) - workers)
-
-
 def available_cores() -> int:
     """The cores this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def rank_cores(ranks_on_node: int) -> int:
-    """The cores of one rank: the cores this process may run on, split over the node's ranks."""
-    return max(1, available_cores() // max(1, ranks_on_node))
+def rank_cores(ranks_on_node: int, cores: int | None = None) -> int:
+    """The cores of one rank: ``cores`` (default: those this process may run on) split over the node's ranks."""
+    return max(1, (available_cores() if cores is None else cores) // max(1, ranks_on_node))
+
+
+def model_threads_for(cores: int, ranks_on_node: int, workers: int) -> int:
+    """Cores of one rank (the node's cores split over its ranks) less one per DataLoader worker, at least one."""
+    return max(1, rank_cores(ranks_on_node, cores) - workers)
 
 
 def cpu_model_threads(explicit: int | None, ranks_on_node: int, workers: int) -> int | None:

@@ -14,7 +14,7 @@ from lit_features.data.keyframes import KeyframeProbe
 from lit_features.data.media import decode_video
 from lit_features.data.sampling import FrameSampling
 from lit_features.data.sparse_decode import NotSparse, _FrameClock, read_sparse
-from tests.core.test_decode import remux_with_rotation
+from tests.core.test_decode import reader, remux_with_rotation
 
 
 def encode(src: Path, dst: Path, codec: str, pix_fmt: str, frames: int = 60, keyint: int = 300) -> Path:
@@ -39,8 +39,8 @@ def encode(src: Path, dst: Path, codec: str, pix_fmt: str, frames: int = 60, key
 
 
 def open_reader(path: Path, size: tuple[int, int] | None = None) -> decord.VideoReader:
-    resize = {"height": size[0], "width": size[1]} if size else {}
-    return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1, **resize)
+    """The decoding tests' decord reader, at the stored size unless ``size`` is given."""
+    return reader(path, size)
 
 
 def sparse(path: Path, unique: list[int], size: tuple[int, int] | None = None):
